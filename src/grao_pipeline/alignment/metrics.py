@@ -1,0 +1,71 @@
+"""Evaluation metrics (../shared/GRAO.md §5): RAS, win/tie/loss, NAG, KL, bootstrap CIs.
+
+All per-prompt quantities are vectors over prompts; every summary is a mean of such a
+vector with a percentile-bootstrap 95% interval over prompts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from grao_pipeline.alignment.rollout import EncodedPrompts
+
+
+def bootstrap_ci(values, resamples: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> dict[str, float]:
+    """Mean of ``values`` with a percentile-bootstrap interval: {"value", "ci_low", "ci_high"}."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    idx = np.random.default_rng(seed).integers(0, x.size, size=(resamples, x.size))
+    means = x[idx].mean(axis=1)
+    alpha = (1.0 - level) / 2.0
+    return {"value": float(x.mean()), "ci_low": float(np.quantile(means, alpha)),
+            "ci_high": float(np.quantile(means, 1.0 - alpha))}
+
+
+def verdict_indicators(verdicts, prefix: str) -> dict[str, np.ndarray]:
+    """{-1, 0, +1} verdicts -> per-prompt indicators of win / tie / loss, and net (w − l)."""
+    v = np.asarray(verdicts)
+    return {f"win_{prefix}": (v > 0).astype(float), f"tie_{prefix}": (v == 0).astype(float),
+            f"loss_{prefix}": (v < 0).astype(float), f"net_win_{prefix}": v.astype(float)}
+
+
+def per_prompt_metrics(rewards, verdicts_vs_reference, verdicts_vs_start, kl,
+                       lengths) -> dict[str, np.ndarray]:
+    """Per-prompt vectors for one model. RAS is the win rate against the reference;
+    NAG the win rate against the starting model's answer."""
+    metrics = {"mean_reward": np.asarray(rewards, dtype=float)}
+    metrics.update(verdict_indicators(verdicts_vs_reference, "vs_reference"))
+    metrics["ras"] = metrics["win_vs_reference"]
+    metrics.update(verdict_indicators(verdicts_vs_start, "vs_start"))
+    metrics["nag"] = metrics["win_vs_start"]
+    metrics["kl_from_start"] = np.asarray(kl, dtype=float)
+    metrics["response_length"] = np.asarray(lengths, dtype=float)
+    return metrics
+
+
+@torch.no_grad()
+def sequence_kl(model, start_model, prompts: EncodedPrompts, completion_ids: torch.Tensor,
+                completion_mask: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """Σ_t KL(π(·|ctx_t) || π_0(·|ctx_t)) along each completion, exact over the vocabulary.
+
+    Exact per-position KL works for greedy answers too, where a sampled estimator
+    would be biased. Inputs [N, P] / [N, C]; returns [N].
+    """
+    out = []
+    for s in range(0, completion_ids.shape[0], chunk):
+        sl = slice(s, s + chunk)
+        ids = torch.cat([prompts.ids[sl], completion_ids[sl]], dim=1)
+        attn = torch.cat([prompts.mask[sl], completion_mask[sl]], dim=1)
+        pos = (attn.cumsum(1) - 1).clamp(min=0)
+        keep = completion_ids.shape[1] + 1
+        lp = F.log_softmax(model(input_ids=ids, attention_mask=attn, position_ids=pos,
+                                 logits_to_keep=keep).logits[:, :-1].float(), -1)
+        lq = F.log_softmax(start_model(input_ids=ids, attention_mask=attn, position_ids=pos,
+                                       logits_to_keep=keep).logits[:, :-1].float(), -1)
+        kl_t = (lp.exp() * (lp - lq)).sum(-1)
+        out.append((kl_t * completion_mask[sl]).sum(-1))
+    return torch.cat(out)

