@@ -1,0 +1,39 @@
+import pytest
+import torch
+
+from grao_pipeline.alignment.models import import_smollm2
+from grao_pipeline.io import HFModelDataset
+from kedro.io import DatasetError
+
+
+def test_model_dataset_round_trip(tiny, tmp_path):
+    model, tok = tiny
+    ds = HFModelDataset(path=str(tmp_path / "policy"))
+    assert not ds.exists()
+    ds.save(tiny)
+    files = {p.name for p in (tmp_path / "policy").iterdir()}
+    assert "model.safetensors" in files and "config.json" in files
+    assert not any(f.endswith((".bin", ".pkl", ".pt")) for f in files)
+    loaded_model, loaded_tok = ds.load()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert torch.equal(model(ids).logits, loaded_model(ids).logits)
+    assert loaded_tok.eos_token == tok.eos_token and loaded_tok.chat_template == tok.chat_template
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]  # no temp folders left
+
+
+def test_missing_model_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(DatasetError, match="no model directory at"):
+        HFModelDataset(path=str(tmp_path / "nothing")).load()
+
+
+@pytest.mark.slow
+def test_gguf_import_gives_a_plain_trainable_savable_model(tmp_path):
+    bundle = import_smollm2()
+    assert getattr(bundle.model.config, "quantization_config", None) is None
+    assert bundle.tokenizer.eos_token == "<|im_end|>"
+    assert bundle.tokenizer.pad_token_id == bundle.tokenizer.eos_token_id
+    ds = HFModelDataset(path=str(tmp_path / "smollm2"))
+    ds.save(bundle)
+    reloaded, _ = ds.load()
+    ids = torch.tensor([[1, 504, 3459, 28]])
+    assert torch.allclose(bundle.model(ids).logits, reloaded(ids).logits)

@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from grao_pipeline.alignment.config import RewardConfig
+from grao_pipeline.alignment.rewards import (
+    CompositeReward,
+    PairwiseJudge,
+    pairwise_verdicts,
+    register_reward,
+    resolve_reward,
+)
+
+
+def component(name):
+    return resolve_reward(name, RewardConfig())
+
+
+def test_relevance_prefers_on_topic_answers():
+    r = component("relevance")(["what is your favourite food?"] * 2,
+                               ["I love pizza and pasta", "the train leaves at noon"], ["", ""])
+    assert r[0] > r[1] and all(-1.0 <= x <= 1.0 for x in r)
+
+
+def test_positivity_is_vader_compound():
+    r = component("positivity")(["q"] * 3, ["I love it, wonderful!", "this is terrible", "ok"],
+                                [""] * 3)
+    assert r[0] > 0.5 and r[1] < -0.3 and r[2] == pytest.approx(0.296, abs=0.01)
+
+
+def test_profanity_penalises_profane_answers():
+    r = component("profanity")(["q"] * 2, ["you are a fucking idiot", "have a nice day"], [""] * 2)
+    assert r[0] < -0.9 and r[1] > -0.1
+
+
+def test_reference_similarity_makes_the_reference_maximal():
+    y = "I walk my dog every morning"
+    r = component("reference_similarity")(["q"] * 2, [y, "I like cars"], [y, y])
+    assert r[0] == pytest.approx(1.0, abs=1e-5) and r[1] < r[0]
+
+
+def test_composite_is_the_weighted_sum():
+    cfg = RewardConfig(components={"positivity": 0.5, "profanity": 2.0})
+    reward = CompositeReward(cfg)
+    parts = reward.components_and_total(["q"], ["great, thanks!"], ["y"])
+    assert parts["total"][0] == pytest.approx(0.5 * parts["positivity"][0] + 2.0 * parts["profanity"][0])
+
+
+def length_reward(prompts, completions, references, **columns):
+    return [float(len(c)) for c in completions]
+
+
+def test_plain_functions_by_registered_name_or_import_path():
+    register_reward("test_length")(length_reward)
+    for name in ("test_length", "tests.alignment.test_rewards:length_reward"):
+        reward = CompositeReward(RewardConfig(components={name: 1.0}))
+        assert reward(["q", "q"], ["ab", "abcd"], ["", ""]) == [2.0, 4.0]
+    with pytest.raises(ValueError, match="unknown reward 'nope'"):
+        CompositeReward(RewardConfig(components={"nope": 1.0}))
+    with pytest.raises(ValueError, match="already registered"):
+        register_reward("test_length")(length_reward)
+
+
+def test_pairwise_judge_verdicts_with_tie_margin():
+    assert pairwise_verdicts([1.0, 1.02, 0.5], [0.9, 1.0, 1.0], tie_margin=0.05).tolist() == [1, 0, -1]
+    judge = PairwiseJudge(lambda p, c, r, **k: [float(len(x)) for x in c], tie_margin=0.5)
+    assert judge(["q"] * 3, ["abc", "a", "ab"], ["ab", "ab", "ab"]) == [1.0, -1.0, 0.0]
+    assert torch.tensor(judge(["q"], ["same"], ["same"])).item() == 0.0  # R(y, y) = 0

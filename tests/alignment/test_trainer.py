@@ -1,0 +1,165 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from grao_pipeline.alignment.config import ConfigError, GRAOConfig, SFTConfig
+from grao_pipeline.alignment.methods import GRAOMethod, SFTMethod
+from grao_pipeline.alignment.models import tiny_model
+from grao_pipeline.alignment.trainer import StopTraining, latest_checkpoint, train
+
+
+def length_reward(prompts, completions, references, **columns):
+    """Longer answers score higher: gives every group reward variance on a random model."""
+    return [float(len(c)) for c in completions]
+
+
+def grao_cfg(**overrides):
+    base = dict(steps=1, prompts_per_step=2, num_generations=3, max_completion_tokens=6,
+                learning_rate=1e-3, weight_decay=0.0, mixed_precision="no", show_progress=False,
+                temperature=1.0)
+    return GRAOConfig(**{**base, **overrides})
+
+
+def sft_cfg(**overrides):
+    base = dict(steps=1, batch_size=4, learning_rate=1e-3, weight_decay=0.0, mixed_precision="no",
+                show_progress=False)
+    return SFTConfig(**{**base, **overrides})
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def assert_every_parameter_changed(before, model):
+    unchanged = [n for n, p in model.named_parameters() if torch.equal(before[n], p.detach())]
+    assert not unchanged, f"parameters not updated: {unchanged}"
+
+
+def test_one_sft_step_changes_every_parameter(tiny, rows):
+    model, tok = tiny
+    before = snapshot(model)
+    result = train(model, SFTMethod(tok, sft_cfg()), rows, sft_cfg())
+    assert len(result.log) == 1 and result.log[0]["loss"] > 0
+    assert_every_parameter_changed(before, model)
+
+
+def test_one_grao_step_changes_every_parameter(tiny, rows):
+    model, tok = tiny
+    before = snapshot(model)
+    cfg = grao_cfg()
+    result = train(model, GRAOMethod(tok, length_reward, cfg), rows, cfg)
+    row = result.log[0]
+    assert row["frac_reward_zero_std"] < 1.0 and row["grad_norm"] > 0
+    for key in ("loss/exploration", "share/imitation", "time/generate", "time/score",
+                "time/update", "tokens_per_sec", "completion_length", "frac_truncated"):
+        assert key in row
+    assert_every_parameter_changed(before, model)
+
+
+def test_sft_loss_falls(tiny, rows):
+    model, tok = tiny
+    cfg = sft_cfg(steps=8, batch_size=6)
+    log = train(model, SFTMethod(tok, cfg), rows, cfg).log
+    assert log[-1]["loss"] < log[0]["loss"] - 0.5
+
+
+@pytest.mark.parametrize("method", ["sft", "grao"])
+def test_gradient_accumulation_gives_the_same_update(tokenizer, rows, method):
+    results = []
+    for chunks in (1, 2):
+        model, tok = tiny_model(tokenizer, seed=0)
+        if method == "sft":
+            cfg = sft_cfg(grad_accum_chunks=chunks)
+            m = SFTMethod(tok, cfg)
+        else:
+            cfg = grao_cfg(grad_accum_chunks=chunks)
+            m = GRAOMethod(tok, length_reward, cfg)
+        log = train(model, m, rows, cfg).log
+        results.append((snapshot(model), log[0]))
+    (p1, log1), (p2, log2) = results
+    assert log1["loss"] == pytest.approx(log2["loss"], abs=1e-6)
+    assert log1["grad_norm"] == pytest.approx(log2["grad_norm"], rel=1e-5)
+    for name in p1:
+        assert torch.allclose(p1[name], p2[name], atol=1e-6), name
+
+
+def test_resume_from_checkpoint_repeats_the_uninterrupted_run(tokenizer, rows, tmp_path):
+    def run(steps, ckpt_dir):
+        model, tok = tiny_model(tokenizer, seed=0)
+        cfg = grao_cfg(steps=steps, checkpoint_dir=str(ckpt_dir), checkpoint_every=2)
+        return model, train(model, GRAOMethod(tok, length_reward, cfg), rows, cfg).log
+
+    full_model, full_log = run(4, tmp_path / "full")
+    run(2, tmp_path / "interrupted")  # "crashes" after its step-2 checkpoint
+    # a half-written checkpoint from the crash must be ignored by resume
+    (tmp_path / "interrupted" / ".tmp-step-000003-999").mkdir()
+    assert latest_checkpoint(tmp_path / "interrupted").name == "step-000002"
+    resumed_model, resumed_log = run(4, tmp_path / "interrupted")
+
+    assert [r["step"] for r in resumed_log] == [1, 2, 3, 4]
+    for a, b in zip(full_log, resumed_log):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+        assert a["reward/mean"] == pytest.approx(b["reward/mean"], abs=1e-6)
+    for (name, p), q in zip(full_model.named_parameters(), resumed_model.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+    state = json.loads((latest_checkpoint(tmp_path / "full") / "trainer_state.json").read_text())
+    assert state["step"] == 4
+    assert any(p.suffix == ".safetensors" for p in latest_checkpoint(tmp_path / "full").rglob("*"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"num_generations": 1}, "num_generations = 1: G must be >= 2"),
+    ({"beta": -0.1}, "beta = -0.1: must be >= 0"),
+    ({"lam": -1.0}, "lam = -1.0: must be >= 0"),
+    ({"temperature": 0.0}, "temperature = 0.0: must be > 0"),
+    ({"learning_rate": 0.0}, "learning_rate = 0.0: must be > 0"),
+    ({"prompts_per_step": 3, "grad_accum_chunks": 2}, "groups are never split"),
+    ({"checkpoint_every": 5}, "checkpoint_dir = None: is required"),
+    ({"epochs_per_rollout": 0}, "epochs_per_rollout = 0: must be >= 1"),
+])
+def test_invalid_parameters_are_refused_with_the_field_named(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        grao_cfg(**overrides)
+
+
+class NaNMethod(SFTMethod):
+    def loss(self, model, batch):
+        loss, metrics = super().loss(model, batch)
+        return loss * float("nan"), metrics
+
+
+def test_non_finite_loss_stops_before_the_update_and_keeps_checkpoints(tiny, rows, tmp_path):
+    model, tok = tiny
+    cfg = sft_cfg(steps=2, checkpoint_dir=str(tmp_path), checkpoint_every=1)
+    train(model, SFTMethod(tok, cfg), rows, cfg)
+    saved = sorted(p.name for p in tmp_path.iterdir())
+    before = snapshot(model)
+    nan_cfg = sft_cfg(steps=3, checkpoint_dir=str(tmp_path), checkpoint_every=1)
+    with pytest.raises(FloatingPointError, match="non-finite loss at step 2"):
+        train(model, NaNMethod(tok, nan_cfg), rows, nan_cfg)
+    assert sorted(p.name for p in tmp_path.iterdir()) == saved
+    for name, p in model.named_parameters():
+        assert torch.equal(before[name], p.detach())
+
+
+def test_callbacks_see_every_step_and_can_stop_early(tiny, rows):
+    model, tok = tiny
+    seen = []
+
+    def stop_after_two(step, row):
+        seen.append((step, row["loss"]))
+        if step == 2:
+            raise StopTraining
+
+    cfg = sft_cfg(steps=5)
+    log = train(model, SFTMethod(tok, cfg), rows, cfg, callbacks=[stop_after_two]).log
+    assert [s for s, _ in seen] == [1, 2] and len(log) == 2
+
+
+def test_several_epochs_per_rollout_and_kl_penalty_run(tiny, rows):
+    model, tok = tiny
+    cfg = grao_cfg(epochs_per_rollout=2, kl_coef=0.1)
+    row = train(model, GRAOMethod(tok, length_reward, cfg), rows, cfg).log[0]
+    assert row["kl_to_ref"] >= 0.0 and torch.isfinite(torch.tensor(row["loss"]))
