@@ -77,12 +77,14 @@ def test_gradient_accumulation_gives_the_same_update(tokenizer, rows, method):
             cfg = grao_cfg(grad_accum_chunks=chunks)
             m = GRAOMethod(tok, length_reward, cfg)
         log = train(model, m, rows, cfg).log
-        results.append((snapshot(model), log[0]))
-    (p1, log1), (p2, log2) = results
+        results.append(({n: p.grad.clone() for n, p in model.named_parameters()}, log[0]))
+    (g1, log1), (g2, log2) = results
     assert log1["loss"] == pytest.approx(log2["loss"], abs=1e-6)
     assert log1["grad_norm"] == pytest.approx(log2["grad_norm"], rel=1e-5)
-    for name in p1:
-        assert torch.allclose(p1[name], p2[name], atol=1e-6), name
+    # Compare the accumulated (clipped) gradients, not the weights after AdamW: Adam's
+    # g/sqrt(v) turns round-off in near-zero gradient entries into lr-sized steps.
+    for name in g1:
+        assert torch.allclose(g1[name], g2[name], atol=1e-7, rtol=1e-4), name
 
 
 def test_resume_from_checkpoint_repeats_the_uninterrupted_run(tokenizer, rows, tmp_path):

@@ -61,7 +61,8 @@ def hh_file(tmp_path):
 
 def test_hh_transcripts_split_into_prompt_reference_and_rejected():
     prompt, answer = split_hh_transcript(HH_ROWS[1]["chosen"])
-    assert answer == "A drink." and prompt.startswith("Hi") and "What is tea?" in prompt
+    assert answer == "A drink."
+    assert prompt == "Human: Hi\n\nAssistant: Hello!\n\nHuman: What is tea?"
     with pytest.raises(ValueError, match="no assistant turn"):
         split_hh_transcript("\n\nHuman: hi")
 

@@ -27,6 +27,7 @@ def project(tmp_path, tiny, monkeypatch):
     """A copy of the project's conf/ whose starting policy is a tiny saved model."""
     shutil.copytree(ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (tmp_path / "conf" / "local").mkdir()
     HFModelDataset(path=str(tmp_path / "tiny_base")).save(tiny)
     (tmp_path / "conf" / "local" / "catalog.yml").write_text(

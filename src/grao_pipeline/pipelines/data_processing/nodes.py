@@ -42,10 +42,7 @@ def split_hh_transcript(transcript: str) -> tuple[str, str]:
     if cut < 0:
         raise ValueError("no assistant turn")
     context, answer = transcript[:cut], transcript[cut + len(ASSISTANT):]
-    if context.count(HUMAN) <= 1:
-        prompt = context.replace(HUMAN, "", 1)
-    else:
-        prompt = context.replace(HUMAN, "\n\nHuman:").replace(ASSISTANT, "\n\nAssistant:")
+    prompt = context.replace(HUMAN, "", 1) if context.count(HUMAN) <= 1 else context
     return prompt.strip(), answer.strip()
 
 

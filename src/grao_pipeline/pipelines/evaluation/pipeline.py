@@ -1,13 +1,20 @@
 """Evaluate each model in ``MODELS`` against the reference and the starting model."""
 
-from functools import partial
-
 from kedro.pipeline import Pipeline, node, pipeline
 
 from .nodes import answer_prompts, score_answers, summarise_evaluation
 
 START = "base"
 MODELS = ("base", "sft", "grao")
+
+
+def _score_as(label: str):
+    """score_answers with the model label bound, under a name Kedro can log."""
+    def score(answers, reward_params, start_answers=None):
+        return score_answers(answers, reward_params, label, start_answers)
+
+    score.__name__ = score.__qualname__ = f"score_{label}"
+    return score
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -19,7 +26,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                  {"policy": f"{label}_model", "test_set": "test_set", "params": "params:evaluation",
                   **({} if is_start else {"start_policy": f"{START}_model"})},
                  f"{label}_answers", name=f"answer_{label}"),
-            node(partial(score_answers, label=label),
+            node(_score_as(label),
                  {"answers": f"{label}_answers", "reward_params": "params:rewards",
                   **({} if is_start else {"start_answers": f"{START}_answers"})},
                  f"{label}_scored", name=f"score_{label}"),
