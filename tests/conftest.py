@@ -35,4 +35,4 @@ def rows():
                "where do you live?", "any plans this weekend?", "what music do you like?"]
     answers = ["great thanks!", "his name is Rex", "yes, green tea", "in a small town",
                "hiking with friends", "jazz and some rock"]
-    return [{"prompt": p, "reference": a} for p, a in zip(prompts, answers)]
+    return [{"prompt": p, "reference": a} for p, a in zip(prompts, answers, strict=True)]

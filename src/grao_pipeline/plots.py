@@ -8,31 +8,37 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+# (title, log columns, how): a panel is drawn when the log has all its columns.
+_PANELS = [
+    ("reward", ["reward/mean", "reward/reference"], "line"),
+    ("loss", ["loss"], "line"),
+    ("loss-term share (paper Fig. 5)", ["share/exploration", "share/imitation", "share/regulariser"], "stack"),
+    ("completion length (tokens)", ["completion_length"], "line"),
+    ("seconds per step", ["time/generate", "time/score", "time/update"], "stack"),
+    ("grad norm", ["grad_norm"], "line"),
+]
+
 
 def training_curves(log: pd.DataFrame, title: str) -> plt.Figure:
-    """Reward, loss, loss-term shares (the paper's Fig. 5), length and time split per step."""
-    panels = [("reward", ["reward/mean", "reward/reference"]), ("loss", ["loss"]),
-              ("loss-term share", None), ("completion length (tokens)", ["completion_length"]),
-              ("seconds per step", ["time/generate", "time/score", "time/update"]),
-              ("grad norm", ["grad_norm"])]
-    panels = [(t, cols) for t, cols in panels
-              if cols is None and "share/exploration" in log or cols and cols[0] in log]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for ax, (name, cols) in zip(axes[0], panels):
-        if cols is None:
-            shares = [c for c in ("share/exploration", "share/imitation", "share/regulariser")]
-            ax.stackplot(log["step"], *[log[c] for c in shares],
-                         labels=[c.split("/")[1] for c in shares], alpha=0.8)
-            ax.set_ylim(0, 1)
-        elif name == "seconds per step":
+    """Reward (± std band), loss, loss-term shares, length, time split, grad norm per step."""
+    panels = [p for p in _PANELS if all(c in log for c in p[1])]
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.3 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (name, cols, how) in zip(axes.flat, panels, strict=False):
+        if how == "stack":
             ax.stackplot(log["step"], *[log[c] for c in cols],
                          labels=[c.split("/")[1] for c in cols], alpha=0.8)
         else:
             for c in cols:
                 ax.plot(log["step"], log[c], label=c)
-            if "reward/std" in log and name == "reward":
-                ax.fill_between(log["step"], log["reward/mean"] - log["reward/std"],
-                                log["reward/mean"] + log["reward/std"], alpha=0.2)
+        if name == "reward" and "reward/std" in log:
+            ax.fill_between(log["step"], log["reward/mean"] - log["reward/std"],
+                            log["reward/mean"] + log["reward/std"], alpha=0.2)
+        if name.startswith("loss-term share"):
+            ax.set_ylim(0, 1)
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
@@ -55,7 +61,7 @@ def evaluation_summary(metrics: dict[str, dict[str, dict[str, float]]]) -> plt.F
     for key, colour in (("win", "tab:green"), ("tie", "tab:gray"), ("loss", "tab:red")):
         share = [metrics[m][f"{key}_vs_reference"]["value"] for m in judged]
         ax_w.bar(judged, share, bottom=bottom, color=colour, label=key, alpha=0.8)
-        bottom = [b + s for b, s in zip(bottom, share)]
+        bottom = [b + s for b, s in zip(bottom, share, strict=True)]
     ax_w.set_ylim(0, 1)
     ax_w.set_title("vs the reference answer (win = RAS)")
     ax_w.legend(fontsize=8)

@@ -1,9 +1,9 @@
 import pytest
 import torch
+from kedro.io import DatasetError
 
 from grao_pipeline.alignment.models import import_smollm2
 from grao_pipeline.io import HFModelDataset
-from kedro.io import DatasetError
 
 
 def test_model_dataset_round_trip(tiny, tmp_path):

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from grao_pipeline.alignment.rollout import (
@@ -8,8 +9,6 @@ from grao_pipeline.alignment.rollout import (
     sample_completions,
     token_logps,
 )
-
-import pytest
 
 EOS = 9
 

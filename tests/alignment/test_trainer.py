@@ -1,5 +1,4 @@
 import json
-import shutil
 
 import pytest
 import torch
@@ -17,13 +16,13 @@ def length_reward(prompts, completions, references, **columns):
 
 def grao_cfg(**overrides):
     base = dict(steps=1, prompts_per_step=2, num_generations=3, max_completion_tokens=6,
-                learning_rate=1e-3, weight_decay=0.0, mixed_precision="no", show_progress=False,
+                learning_rate=1e-3, weight_decay=0.0, mixed_precision="fp32", show_progress=False,
                 temperature=1.0)
     return GRAOConfig(**{**base, **overrides})
 
 
 def sft_cfg(**overrides):
-    base = dict(steps=1, batch_size=4, learning_rate=1e-3, weight_decay=0.0, mixed_precision="no",
+    base = dict(steps=1, batch_size=4, learning_rate=1e-3, weight_decay=0.0, mixed_precision="fp32",
                 show_progress=False)
     return SFTConfig(**{**base, **overrides})
 
@@ -101,10 +100,10 @@ def test_resume_from_checkpoint_repeats_the_uninterrupted_run(tokenizer, rows, t
     resumed_model, resumed_log = run(4, tmp_path / "interrupted")
 
     assert [r["step"] for r in resumed_log] == [1, 2, 3, 4]
-    for a, b in zip(full_log, resumed_log):
+    for a, b in zip(full_log, resumed_log, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
         assert a["reward/mean"] == pytest.approx(b["reward/mean"], abs=1e-6)
-    for (name, p), q in zip(full_model.named_parameters(), resumed_model.parameters()):
+    for (name, p), q in zip(full_model.named_parameters(), resumed_model.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6), name
     state = json.loads((latest_checkpoint(tmp_path / "full") / "trainer_state.json").read_text())
     assert state["step"] == 4
@@ -165,3 +164,25 @@ def test_several_epochs_per_rollout_and_kl_penalty_run(tiny, rows):
     cfg = grao_cfg(epochs_per_rollout=2, kl_coef=0.1)
     row = train(model, GRAOMethod(tok, length_reward, cfg), rows, cfg).log[0]
     assert row["kl_to_ref"] >= 0.0 and torch.isfinite(torch.tensor(row["loss"]))
+
+
+def test_resume_under_a_different_config_is_refused(tiny, rows, tmp_path):
+    model, tok = tiny
+    cfg = sft_cfg(steps=1, checkpoint_dir=str(tmp_path), checkpoint_every=1)
+    train(model, SFTMethod(tok, cfg), rows, cfg)
+    changed = sft_cfg(steps=2, checkpoint_dir=str(tmp_path), checkpoint_every=1, learning_rate=5e-4)
+    with pytest.raises(ValueError, match=r"config differs \(learning_rate: 0.001 -> 0.0005\)"):
+        train(model, SFTMethod(tok, changed), rows, changed)
+    # more steps alone is a legitimate continuation
+    longer = sft_cfg(steps=2, checkpoint_dir=str(tmp_path), checkpoint_every=1)
+    assert [r["step"] for r in train(model, SFTMethod(tok, longer), rows, longer).log] == [1, 2]
+
+
+def test_resume_off_clears_old_checkpoints(tiny, rows, tmp_path):
+    model, tok = tiny
+    cfg = sft_cfg(steps=3, checkpoint_dir=str(tmp_path), checkpoint_every=1, checkpoints_to_keep=3)
+    train(model, SFTMethod(tok, cfg), rows, cfg)
+    assert latest_checkpoint(tmp_path).name == "step-000003"
+    fresh = sft_cfg(steps=1, checkpoint_dir=str(tmp_path), checkpoint_every=1, resume=False)
+    train(model, SFTMethod(tok, fresh), rows, fresh)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000001"]

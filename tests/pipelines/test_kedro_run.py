@@ -14,9 +14,9 @@ from grao_pipeline.io import HFModelDataset
 ROOT = Path(__file__).resolve().parents[2]
 
 TINY_RUN = {
-    "sft": {"steps": 2, "batch_size": 2, "mixed_precision": "no", "show_progress": False},
+    "sft": {"steps": 2, "batch_size": 2, "mixed_precision": "fp32", "show_progress": False},
     "grao": {"steps": 2, "prompts_per_step": 2, "num_generations": 2, "max_completion_tokens": 6,
-             "checkpoint_every": 1, "mixed_precision": "no", "show_progress": False},
+             "checkpoint_every": 1, "mixed_precision": "fp32", "show_progress": False},
     "evaluation": {"num_prompts": 4, "max_new_tokens": 6, "batch_size": 4,
                    "bootstrap_resamples": 200},
 }

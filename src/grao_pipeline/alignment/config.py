@@ -101,8 +101,10 @@ class TrainConfig:
     """Longest tokenised prompt (chat template included); longer ones are refused."""
     max_completion_tokens: int = 48
     """Longest completion: new tokens sampled, and the cut for reference answers."""
-    mixed_precision: Literal["auto", "bf16", "no"] = "auto"
-    """bf16 autocast for the update: ``auto`` uses it when the CPU/GPU supports bf16."""
+    mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """bf16 autocast for the update, or plain fp32; ``auto`` = bf16 where the hardware has
+    native bf16. (Not accelerate's ``"no"``: YAML 1.1 reads an unquoted no as False, and
+    ``dvc exp run -S`` writes it unquoted.)"""
     seed: int = 0
     """Seeds data order and sampling; step k reseeds with (seed, k) so a resumed run
     repeats the uninterrupted one."""
@@ -126,8 +128,8 @@ class TrainConfig:
         _require(self.grad_accum_chunks >= 1, self, "grad_accum_chunks", "must be >= 1")
         _require(self.max_prompt_tokens >= 1, self, "max_prompt_tokens", "must be >= 1")
         _require(self.max_completion_tokens >= 1, self, "max_completion_tokens", "must be >= 1")
-        _require(self.mixed_precision in ("auto", "bf16", "no"), self, "mixed_precision",
-                 "must be 'auto', 'bf16' or 'no'")
+        _require(self.mixed_precision in ("auto", "bf16", "fp32"), self, "mixed_precision",
+                 "must be 'auto', 'bf16' or 'fp32'")
         _require(self.checkpoint_every >= 0, self, "checkpoint_every", "must be >= 0")
         _require(self.checkpoints_to_keep >= 1, self, "checkpoints_to_keep", "must be >= 1")
         _require(self.checkpoint_every == 0 or self.checkpoint_dir is not None, self,

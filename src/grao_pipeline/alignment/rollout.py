@@ -45,7 +45,7 @@ def check_prompt_lengths(tokenizer, prompts: list[str], max_prompt_tokens: int,
         raise ValueError(
             f"max_prompt_tokens ({max_prompt_tokens}) + completion tokens ({max_new_tokens}) "
             f"exceed the model context ({context})")
-    for prompt, n in zip(prompts, prompt_token_lengths(tokenizer, prompts)):
+    for prompt, n in zip(prompts, prompt_token_lengths(tokenizer, prompts), strict=True):
         if n > max_prompt_tokens:
             raise ValueError(
                 f"prompt of {n} tokens exceeds max_prompt_tokens={max_prompt_tokens}: "

@@ -14,6 +14,9 @@ Simplifications and choices, stated once:
   optimiser, scheduler, RNG states, the step and the log so far.
 - Checkpoints are written to a temporary folder and renamed into place, so a crash
   (even SIGKILL) mid-write never leaves a half checkpoint that resume would pick up.
+  Each records its config; resuming under a different config is refused, naming
+  the fields that differ. ``resume: false`` clears old checkpoints first, so a
+  later resume never picks up a previous run's.
 - A non-finite loss or gradient stops training with an error before the optimiser
   step, so the last checkpoint stays a good one.
 - Multi-process (accelerate DDP/FSDP): each rank takes a disjoint slice of the step's
@@ -25,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
@@ -43,6 +47,9 @@ from tqdm.auto import tqdm
 from grao_pipeline.alignment.config import TrainConfig
 
 _CHECKPOINT_RE = re.compile(r"^step-(\d{6})$")
+# Fields that may change between a run and its resumption.
+_RESUMABLE_CHANGES = {"steps", "resume", "show_progress", "checkpoint_every", "checkpoints_to_keep"}
+logger = logging.getLogger(__name__)
 
 
 class StopTraining(Exception):
@@ -88,9 +95,10 @@ def bf16_supported() -> bool:
 
 
 def resolve_mixed_precision(setting: str) -> str:
+    """Our setting -> accelerate's ``mixed_precision`` value."""
     if setting == "auto":
-        return "bf16" if bf16_supported() else "no"
-    return setting
+        setting = "bf16" if bf16_supported() else "fp32"
+    return {"bf16": "bf16", "fp32": "no"}[setting]
 
 
 def make_accelerator(mixed_precision: str) -> Accelerator:
@@ -124,7 +132,7 @@ def split_batch(batch: object, chunks: int) -> list[tuple[object, int]]:
         return [(batch, n)]
     bounds = [round(i * n / chunks) for i in range(chunks + 1)]
     return [(dataclasses.replace(batch, **{k: v[a:b] for k, v in tensors.items()}), b - a)
-            for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
 def _weighted_mean(parts: list[tuple[dict, int]]) -> dict:
@@ -133,13 +141,28 @@ def _weighted_mean(parts: list[tuple[dict, int]]) -> dict:
     return {k: sum(m[k] * n for m, n in parts) / total for k in keys}
 
 
+def _checkpoints(checkpoint_dir: str | Path | None) -> list[Path]:
+    """Complete checkpoint folders, oldest first (temporary folders never match)."""
+    if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
+        return []
+    return sorted(p for p in Path(checkpoint_dir).iterdir()
+                  if p.is_dir() and _CHECKPOINT_RE.match(p.name))
+
+
 def latest_checkpoint(checkpoint_dir: str | Path | None) -> Path | None:
     """Newest complete checkpoint folder, or None."""
-    if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
-        return None
-    found = sorted(p for p in Path(checkpoint_dir).iterdir()
-                   if p.is_dir() and _CHECKPOINT_RE.match(p.name))
+    found = _checkpoints(checkpoint_dir)
     return found[-1] if found else None
+
+
+def _check_same_config(checkpoint: Path, saved: dict, cfg: TrainConfig) -> None:
+    current = dataclasses.asdict(cfg)
+    differ = sorted(k for k in set(saved) | set(current)
+                    if k not in _RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    if differ:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differ)
+        raise ValueError(f"cannot resume from {checkpoint}: its config differs ({details}); "
+                         "set resume: false to start over, or restore those values")
 
 
 def _save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, step: int, log: list[dict]) -> Path:
@@ -149,11 +172,12 @@ def _save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, step: int, log:
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     accelerator.save_state(str(tmp), safe_serialization=True)
-    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "log": log}))
+    state = {"step": step, "log": log, "config": dataclasses.asdict(cfg)}
+    (tmp / "trainer_state.json").write_text(json.dumps(state))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    for old in sorted(p for p in root.iterdir() if _CHECKPOINT_RE.match(p.name))[:-cfg.checkpoints_to_keep]:
+    for old in _checkpoints(root)[:-cfg.checkpoints_to_keep]:
         shutil.rmtree(old)
     return final
 
@@ -179,12 +203,18 @@ def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainCo
         optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    start_step, log = 0, []
+    start_step, history = 0, []
     checkpoint = latest_checkpoint(cfg.checkpoint_dir) if cfg.resume else None
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
         state = json.loads((checkpoint / "trainer_state.json").read_text())
-        start_step, log = state["step"], state["log"]
+        _check_same_config(checkpoint, state["config"], cfg)
+        accelerator.load_state(str(checkpoint))
+        start_step, history = state["step"], state["log"]
+        logger.info("%s: resumed from %s", method.name, checkpoint)
+    elif not cfg.resume and _checkpoints(cfg.checkpoint_dir):
+        logger.warning("%s: resume is off; removing old checkpoints in %s", method.name, cfg.checkpoint_dir)
+        for old in _checkpoints(cfg.checkpoint_dir):
+            shutil.rmtree(old)
     method.setup(model)
 
     progress = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps,
@@ -225,18 +255,18 @@ def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainCo
                         "time/update": now - t_update, "time/step": now - t_step})
             if "tokens" in row:
                 row["tokens_per_sec"] = row["tokens"] / row["time/step"]
-            log.append(row)
+            history.append(row)
             progress.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "reward/mean") if k in row})
 
             if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
-                    _save_checkpoint(accelerator, cfg, step + 1, log)
+                    _save_checkpoint(accelerator, cfg, step + 1, history)
             for callback in callbacks:
                 callback(step + 1, row)
     except StopTraining:
         pass
     finally:
         progress.close()
-    return TrainResult(accelerator.unwrap_model(model), log)
+    return TrainResult(accelerator.unwrap_model(model), history)
 

@@ -50,7 +50,7 @@ def _chitchat_pairs(raw: datasets.Dataset, bad: Counter) -> list[dict]:
     rows = []
     for conv in raw:
         turns = conv["turns"]
-        for turn, reply in zip(turns, turns[1:]):
+        for turn, reply in zip(turns, turns[1:], strict=False):
             if not turn["text"].strip().endswith("?"):
                 continue
             if turn["sender"] == reply["sender"]:

@@ -1,6 +1,9 @@
 """Evaluate each model in ``MODELS`` against the reference and the starting model."""
 
+import pandas as pd
 from kedro.pipeline import Pipeline, node, pipeline
+
+from grao_pipeline.alignment.config import RewardConfig
 
 from .nodes import answer_prompts, score_answers, summarise_evaluation
 
@@ -9,8 +12,12 @@ MODELS = ("base", "sft", "grao")
 
 
 def _score_as(label: str):
-    """score_answers with the model label bound, under a name Kedro can log."""
-    def score(answers, reward_params, start_answers=None):
+    """score_answers with the model label bound, under a name Kedro can log. The type
+    hints matter: Kedro builds ``RewardConfig`` from ``params:rewards`` only for
+    annotated node arguments."""
+
+    def score(answers: pd.DataFrame, reward_params: RewardConfig,
+              start_answers: pd.DataFrame | None = None) -> pd.DataFrame:
         return score_answers(answers, reward_params, label, start_answers)
 
     score.__name__ = score.__qualname__ = f"score_{label}"
