@@ -151,8 +151,8 @@ class SFTConfig(TrainConfig):
 
 
 @dataclass
-class GRAOConfig(TrainConfig):
-    """GRAO (../shared/GRAO.md §2): rollout, group advantages, three-term loss."""
+class RolloutConfig(TrainConfig):
+    """What every on-policy method shares: the same rollout for GRAO, GRPO and PPO."""
 
     prompts_per_step: int = 4
     """Prompts per rollout batch (one optimiser step each)."""
@@ -160,6 +160,26 @@ class GRAOConfig(TrainConfig):
     """G: completions sampled per prompt (paper: 8)."""
     temperature: float = 0.7
     """Sampling temperature (paper: 0.7); no top-k/top-p truncation."""
+    sampling_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    """dtype of the sampling copy of the policy; ``auto`` = bfloat16 where the hardware
+    has native bf16 (about 2x faster generation on AVX512-BF16 CPUs)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.prompts_per_step >= 1, self, "prompts_per_step", "must be >= 1")
+        _require(self.num_generations >= 2, self, "num_generations",
+                 "G must be >= 2: a group of one has no relative advantage")
+        _require(self.temperature > 0, self, "temperature", "must be > 0 (sampling)")
+        _require(self.sampling_dtype in ("auto", "bfloat16", "float32"), self,
+                 "sampling_dtype", "must be 'auto', 'bfloat16' or 'float32'")
+        _require(self.prompts_per_step % self.grad_accum_chunks == 0, self,
+                 "grad_accum_chunks", "must divide prompts_per_step (groups are never split)")
+
+
+@dataclass
+class GRAOConfig(RolloutConfig):
+    """GRAO (../shared/GRAO.md §2): rollout, group advantages, three-term loss."""
+
     beta: float = 0.5
     """β: weight of the imitation term Â_y·ℓ(y) (paper: 0.5)."""
     lam: float = 0.6
@@ -177,26 +197,110 @@ class GRAOConfig(TrainConfig):
     importance ratio against the rollout-time policy. 1 = on-policy (paper)."""
     clip_eps: float = 0.2
     """Ratio clip range used when ``epochs_per_rollout`` > 1."""
-    sampling_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
-    """dtype of the sampling copy of the policy; ``auto`` = bfloat16 where the hardware
-    has native bf16 (about 2x faster generation on AVX512-BF16 CPUs)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(self.prompts_per_step >= 1, self, "prompts_per_step", "must be >= 1")
-        _require(self.num_generations >= 2, self, "num_generations",
-                 "G must be >= 2: a group of one has no relative advantage")
-        _require(self.temperature > 0, self, "temperature", "must be > 0 (sampling)")
         _require(self.beta >= 0, self, "beta", "must be >= 0")
         _require(self.lam >= 0, self, "lam", "must be >= 0")
         _require(self.adv_eps > 0, self, "adv_eps", "must be > 0")
         _require(self.kl_coef >= 0, self, "kl_coef", "must be >= 0")
         _require(self.epochs_per_rollout >= 1, self, "epochs_per_rollout", "must be >= 1")
         _require(0 < self.clip_eps < 1, self, "clip_eps", "must be in (0, 1)")
-        _require(self.sampling_dtype in ("auto", "bfloat16", "float32"), self,
-                 "sampling_dtype", "must be 'auto', 'bfloat16' or 'float32'")
-        _require(self.prompts_per_step % self.grad_accum_chunks == 0, self,
-                 "grad_accum_chunks", "must divide prompts_per_step (groups are never split)")
+
+
+@dataclass
+class GRPOConfig(RolloutConfig):
+    """GRPO: group advantages over the samples only, clipped ratio, k3 KL to the reference."""
+
+    kl_coef: float = 0.04
+    """β of the per-token k3 KL to the frozen starting policy (0 disables the reference)."""
+    clip_eps_low: float = 0.2
+    """Ratio clip 1 − eps_low."""
+    clip_eps_high: float = 0.2
+    """Ratio clip 1 + eps_high (DAPO raises this, e.g. 0.28)."""
+    aggregation: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
+    """Per-token loss -> scalar: see ``losses.grpo_loss``."""
+    std_correction: int = 1
+    """Group std convention: 1 = sample std (TRL's), 0 = population std (GRAO's)."""
+    scale_rewards: bool = True
+    """Divide by (std + adv_eps); False = Dr. GRPO's unscaled advantages."""
+    adv_eps: float = 1e-4
+    """eps in (r − mean) / (std + eps), as in TRL."""
+    epochs_per_rollout: int = 1
+    """Optimiser steps per rollout (TRL's num_iterations)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.kl_coef >= 0, self, "kl_coef", "must be >= 0")
+        _require(0 < self.clip_eps_low < 1, self, "clip_eps_low", "must be in (0, 1)")
+        _require(self.clip_eps_high > 0, self, "clip_eps_high", "must be > 0")
+        _require(self.aggregation in ("grpo", "bnpo", "dr_grpo", "dapo"), self, "aggregation",
+                 "must be 'grpo', 'bnpo', 'dr_grpo' or 'dapo'")
+        _require(self.std_correction in (0, 1), self, "std_correction", "must be 0 or 1")
+        _require(self.adv_eps > 0, self, "adv_eps", "must be > 0")
+        _require(self.epochs_per_rollout >= 1, self, "epochs_per_rollout", "must be >= 1")
+
+
+@dataclass
+class PPOConfig(RolloutConfig):
+    """PPO: value head on the policy trunk, GAE, clipped ratio, KL penalty in the reward."""
+
+    kl_coef: float = 0.05
+    """Per-token KL penalty −kl_coef·(log π − log π_ref) added to the reward."""
+    gamma: float = 1.0
+    """Discount over completion tokens."""
+    gae_lambda: float = 0.95
+    """GAE λ."""
+    clip_eps: float = 0.2
+    """Policy ratio clip."""
+    value_clip: float = 0.2
+    """Value prediction clip around the rollout-time values."""
+    value_coef: float = 0.1
+    """Weight of the value loss."""
+    epochs_per_rollout: int = 2
+    """Optimiser steps per rollout (PPO reuses each rollout)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.kl_coef >= 0, self, "kl_coef", "must be >= 0")
+        _require(0 < self.gamma <= 1, self, "gamma", "must be in (0, 1]")
+        _require(0 <= self.gae_lambda <= 1, self, "gae_lambda", "must be in [0, 1]")
+        _require(0 < self.clip_eps < 1, self, "clip_eps", "must be in (0, 1)")
+        _require(self.value_clip > 0, self, "value_clip", "must be > 0")
+        _require(self.value_coef >= 0, self, "value_coef", "must be >= 0")
+        _require(self.epochs_per_rollout >= 1, self, "epochs_per_rollout", "must be >= 1")
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    """DPO: sigmoid loss on (chosen, rejected) pairs against the frozen starting policy."""
+
+    beta: float = 0.1
+    """β of the DPO sigmoid loss (TRL's default)."""
+    batch_size: int = 4
+    """Preference pairs per optimiser step."""
+    pair_source: Literal["auto", "dataset", "synthetic"] = "auto"
+    """``dataset`` uses the data's rejected answers (HH-RLHF); ``synthetic`` samples
+    ``candidates_per_prompt`` answers from the starting policy and pairs the best against
+    the worst by reward; ``auto`` = dataset where a ``rejected`` column exists."""
+    candidates_per_prompt: int = 4
+    """K answers sampled per prompt for synthetic pairs."""
+    synthetic_prompts: int = 32
+    """Prompts used to build synthetic pairs (budget: K·this generated samples)."""
+    temperature: float = 0.7
+    """Sampling temperature for synthetic candidates."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.beta > 0, self, "beta", "must be > 0")
+        _require(self.batch_size >= 1, self, "batch_size", "must be >= 1")
+        _require(self.batch_size % self.grad_accum_chunks == 0, self, "grad_accum_chunks",
+                 "must divide batch_size")
+        _require(self.pair_source in ("auto", "dataset", "synthetic"), self, "pair_source",
+                 "must be 'auto', 'dataset' or 'synthetic'")
+        _require(self.candidates_per_prompt >= 2, self, "candidates_per_prompt", "must be >= 2")
+        _require(self.synthetic_prompts >= 1, self, "synthetic_prompts", "must be >= 1")
+        _require(self.temperature > 0, self, "temperature", "must be > 0")
 
 
 @dataclass

@@ -8,6 +8,7 @@ unmasked tokens. ``metrics`` values are detached Python floats.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from grao_pipeline.alignment.rollout import sequence_mean
 
@@ -115,3 +116,115 @@ def grao_loss(
         "logp/reference": ell_ref.mean().item(),
     })
     return loss, metrics
+
+
+GRPO_AGGREGATIONS = ("grpo", "bnpo", "dr_grpo", "dapo")
+
+
+def grpo_loss(
+    logps: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    old_logps: torch.Tensor | None = None,
+    ref_logps: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    clip_eps_low: float = 0.2,
+    clip_eps_high: float = 0.2,
+    aggregation: str = "grpo",
+    max_completion_length: int | None = None,
+    num_items_in_batch: float | None = None,
+) -> tuple[torch.Tensor, dict]:
+    """GRPO clipped-surrogate loss with a k3 KL to a frozen reference, TRL 1.16's formulas.
+
+    Args:
+        logps: [N, T] per-token log-probs under π_θ of N = B·G sampled completions.
+        mask: [N, T] completion mask.
+        advantages: [N] group-normalised advantages (one per completion).
+        old_logps: [N, T] log-probs at rollout time; None = on-policy (ratio 1, detached).
+        ref_logps: [N, T] log-probs under the frozen reference, required if kl_coef > 0.
+        kl_coef: β of the per-token k3 KL term.
+        clip_eps_low, clip_eps_high: ratio clip range [1 − low, 1 + high].
+        aggregation: how per-token losses become a scalar
+            ``grpo``: mean over tokens per sequence, then over sequences;
+            ``bnpo``: mean over all tokens of the (micro-)batch;
+            ``dr_grpo``: sum over tokens / (N · max_completion_length);
+            ``dapo``: sum over tokens / ``num_items_in_batch`` (tokens of the whole
+            rollout batch, so chunked accumulation gives the same update).
+    """
+    if aggregation not in GRPO_AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {GRPO_AGGREGATIONS}, got {aggregation!r}")
+    old = logps.detach() if old_logps is None else old_logps
+    ratio = torch.exp(logps - old)
+    clipped = torch.clamp(ratio, 1 - clip_eps_low, 1 + clip_eps_high)
+    adv = advantages.unsqueeze(1)
+    per_token = -torch.min(ratio * adv, clipped * adv)
+    maskf = mask.to(per_token.dtype)
+    metrics = {}
+    if kl_coef != 0.0:
+        if ref_logps is None:
+            raise ValueError("grpo_loss: kl_coef > 0 needs ref_logps")
+        per_token_kl = k3_kl(logps, ref_logps)
+        per_token = per_token + kl_coef * per_token_kl
+        metrics["kl_to_ref"] = ((per_token_kl * maskf).sum() / maskf.sum().clamp(min=1.0)).item()
+
+    if aggregation == "grpo":
+        loss = ((per_token * maskf).sum(-1) / maskf.sum(-1).clamp(min=1.0)).mean()
+    elif aggregation == "bnpo":
+        loss = (per_token * maskf).sum() / maskf.sum().clamp(min=1.0)
+    elif aggregation == "dr_grpo":
+        if max_completion_length is None:
+            raise ValueError("grpo_loss: dr_grpo needs max_completion_length")
+        loss = (per_token * maskf).sum() / (per_token.shape[0] * max_completion_length)
+    else:
+        normaliser = maskf.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = (per_token * maskf).sum() / max(float(normaliser), 1.0)
+
+    clipped_out = ((ratio < 1 - clip_eps_low) & (adv < 0)) | ((ratio > 1 + clip_eps_high) & (adv > 0))
+    metrics.update({"loss": loss.item(),
+                    "clip_ratio": ((clipped_out.float() * maskf).sum() / maskf.sum().clamp(min=1.0)).item()})
+    return loss, metrics
+
+
+def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
+             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor,
+             beta: float) -> tuple[torch.Tensor, dict]:
+    """Sigmoid DPO loss, mean over pairs: −log σ(β·[(c − c_ref) − (r − r_ref)]).
+
+    All inputs [N]: *summed* (not length-normalised) log-probs of the chosen and
+    rejected answers under the policy and the frozen reference, as in TRL.
+    """
+    chosen_rewards = beta * (chosen_logps - ref_chosen_logps)
+    rejected_rewards = beta * (rejected_logps - ref_rejected_logps)
+    loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+    return loss, {
+        "loss": loss.item(),
+        "rewards/chosen": chosen_rewards.mean().item(),
+        "rewards/rejected": rejected_rewards.mean().item(),
+        "rewards/accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
+        "rewards/margin": (chosen_rewards - rejected_rewards).mean().item(),
+    }
+
+
+def ppo_loss(logps: torch.Tensor, old_logps: torch.Tensor, mask: torch.Tensor,
+             advantages: torch.Tensor, values: torch.Tensor, old_values: torch.Tensor,
+             returns: torch.Tensor, clip_eps: float = 0.2, value_clip: float = 0.2,
+             value_coef: float = 0.1) -> tuple[torch.Tensor, dict]:
+    """PPO clipped policy loss plus clipped value loss, token-level masked means.
+
+    All inputs [N, T]: per-token log-probs (now / rollout), GAE advantages (already
+    whitened), value predictions (now / rollout) and GAE returns.
+    """
+    maskf = mask.to(logps.dtype)
+
+    def masked_mean(x: torch.Tensor) -> torch.Tensor:
+        return (x * maskf).sum() / maskf.sum().clamp(min=1.0)
+
+    ratio = torch.exp(logps - old_logps)
+    pg_losses = torch.max(-advantages * ratio,
+                          -advantages * torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps))
+    pg_loss = masked_mean(pg_losses)
+    values_clipped = old_values + torch.clamp(values - old_values, -value_clip, value_clip)
+    vf_loss = 0.5 * masked_mean(torch.max((values - returns) ** 2, (values_clipped - returns) ** 2))
+    loss = pg_loss + value_coef * vf_loss
+    return loss, {"loss": loss.item(), "loss/policy": pg_loss.item(), "loss/value": vf_loss.item(),
+                  "clip_ratio": masked_mean((torch.abs(ratio - 1) > clip_eps).float()).item()}

@@ -138,21 +138,27 @@ def sample_completions(model: PreTrainedModel, tokenizer, prompts: EncodedPrompt
 
 
 def token_logps(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                completion_ids: torch.Tensor, completion_mask_: torch.Tensor) -> torch.Tensor:
+                completion_ids: torch.Tensor, completion_mask_: torch.Tensor,
+                return_hidden: bool = False):
     """Per-token log π(c_t | prompt, c_<t) of completions. All inputs [N, ·]; returns [N, C].
 
     Positions are counted from the first real prompt token (left padding), as in
     ``generate``. Only the C+1 last logits are computed (``logits_to_keep``), which
     skips the LM head on prompt positions. Masked positions hold garbage; mask them.
+    ``return_hidden`` also returns the last hidden state of the position before each
+    completion token, [N, C, H] (the state a value head scores).
     """
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
     attention_mask = torch.cat([prompt_mask, completion_mask_], dim=1)
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
     c = completion_ids.shape[1]
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids, logits_to_keep=c + 1, use_cache=False).logits
-    logits = logits[:, :-1].float()  # position t predicts token t+1
-    return torch.gather(F.log_softmax(logits, dim=-1), 2, completion_ids.unsqueeze(-1)).squeeze(-1)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                logits_to_keep=c + 1, use_cache=False, output_hidden_states=return_hidden)
+    logits = out.logits[:, :-1].float()  # position t predicts token t+1
+    logps = torch.gather(F.log_softmax(logits, dim=-1), 2, completion_ids.unsqueeze(-1)).squeeze(-1)
+    if return_hidden:
+        return logps, out.hidden_states[-1][:, -(c + 1):-1]
+    return logps
 
 
 def sequence_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

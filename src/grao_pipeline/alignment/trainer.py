@@ -62,6 +62,9 @@ class Method(Protocol):
     name: str
     rows_per_step: int
     updates_per_batch: int
+    extra_modules: list[torch.nn.Module]
+    """Trained alongside the policy (e.g. PPO's value head): optimised, clipped,
+    checkpointed; the trainer replaces them with their accelerate-prepared versions."""
 
     def setup(self, model: torch.nn.Module) -> None:
         """Build helpers that need the model (a sampling copy, a frozen reference)."""
@@ -196,12 +199,14 @@ def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainCo
         raise ValueError(f"{method.rows_per_step} prompts per step cannot be split evenly "
                          f"over {accelerator.num_processes} processes")
     model.eval()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    extra = list(method.extra_modules)
+    trainable = [p for m in (model, *extra) for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     warmup = cfg.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, *extra, optimizer, scheduler = accelerator.prepare(model, *extra, optimizer, scheduler)
+    method.extra_modules = extra
 
     start_step, history = 0, []
     checkpoint = latest_checkpoint(cfg.checkpoint_dir) if cfg.resume else None
@@ -242,7 +247,7 @@ def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainCo
                                 f"{method.name}: non-finite loss at step {step}: {metrics}")
                         accelerator.backward(loss * (n / total))
                     chunk_metrics.append((metrics, n))
-                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+                grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))
                 if not math.isfinite(grad_norm):
                     raise FloatingPointError(f"{method.name}: non-finite gradient norm at step {step}")
                 optimizer.step()
