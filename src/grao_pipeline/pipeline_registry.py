@@ -1,18 +1,24 @@
-"""Project pipelines."""
+"""Project pipelines, registered explicitly.
 
-from kedro.framework.project import find_pipelines
+``__default__`` chains data -> SFT -> GRAO -> evaluation. The baselines and GRAO
+ablations are one pipeline each (``kedro run --pipelines grpo``), built from one table
+in ``pipelines/methods``; ``compare`` runs any set of them over seeds.
+"""
+
 from kedro.pipeline import Pipeline
 
-DEFAULT_CHAIN = ("data_processing", "sft", "grao", "evaluation")
+from grao_pipeline.pipelines import compare, data_processing, evaluation, grao, methods, sft
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """``__default__`` chains data -> SFT -> GRAO -> evaluation.
-
-    Kedro >= 1.7 imports only the pipelines a run asks for, so the chain is built
-    when all of its parts were loaded (always the case for a plain ``kedro run``).
-    """
-    pipelines = find_pipelines(raise_errors=True)
-    if all(name in pipelines for name in DEFAULT_CHAIN):
-        pipelines["__default__"] = sum((pipelines[n] for n in DEFAULT_CHAIN), Pipeline([]))
+    pipelines = {
+        "data_processing": data_processing.create_pipeline(),
+        "sft": sft.create_pipeline(),
+        "grao": grao.create_pipeline(),
+        "evaluation": evaluation.create_pipeline(),
+        "compare": compare.create_pipeline(),
+        **methods.create_pipelines(),
+    }
+    pipelines["__default__"] = (pipelines["data_processing"] + pipelines["sft"]
+                                + pipelines["grao"] + pipelines["evaluation"])
     return pipelines

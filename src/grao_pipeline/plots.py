@@ -67,3 +67,41 @@ def evaluation_summary(metrics: dict[str, dict[str, dict[str, float]]]) -> plt.F
     ax_w.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def compare_reward_curves(logs: pd.DataFrame) -> plt.Figure:
+    """Training reward against generated samples: one line per method (mean over seeds)
+    with a band spanning the seeds. Methods that generate nothing (SFT) have no line."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    rollout = logs[logs["reward/mean"].notna()] if "reward/mean" in logs else logs.iloc[0:0]
+    for name, df in rollout.groupby("method", sort=False):
+        curves = df.pivot_table(index="generated_samples", columns="seed", values="reward/mean")
+        curves = curves.rolling(3, min_periods=1).mean()
+        line, = ax.plot(curves.index, curves.mean(axis=1), label=name)
+        ax.fill_between(curves.index, curves.min(axis=1), curves.max(axis=1),
+                        color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("generated samples")
+    ax.set_ylabel("training reward (rolling mean of 3 steps)")
+    ax.set_title("reward vs generated samples (band: range over seeds)")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def compare_grao_shares(logs: pd.DataFrame) -> plt.Figure:
+    """GRAO's three loss-term shares per step, averaged over seeds (the paper's Fig. 5)."""
+    shares = ["share/exploration", "share/imitation", "share/regulariser"]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    grao = logs[logs["method"] == "grao"]
+    if grao.empty or shares[0] not in grao:
+        ax.text(0.5, 0.5, "GRAO not in this comparison", ha="center", va="center")
+    else:
+        mean = grao.groupby("step")[shares].mean()
+        ax.stackplot(mean.index, *[mean[c] for c in shares],
+                     labels=[c.split("/")[1] for c in shares], alpha=0.8)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8)
+    ax.set_xlabel("step")
+    ax.set_title("GRAO loss-term shares (mean over seeds)")
+    fig.tight_layout()
+    return fig

@@ -2,3 +2,11 @@
 
 # kedro-viz writes .viz/ on every run through its hooks; the project does not need it.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-viz",)
+
+# An environment (conf/local, conf/cpu_compare) overrides single fields, e.g.
+# `evaluation: {num_prompts: 48}`, instead of replacing whole sections.
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    "merge_strategy": {"parameters": "soft", "globals": "soft"},
+}

@@ -331,3 +331,35 @@ class EvalConfig:
         _require(self.temperature > 0, self, "temperature", "must be > 0")
         _require(self.batch_size >= 1, self, "batch_size", "must be >= 1")
         _require(self.bootstrap_resamples >= 100, self, "bootstrap_resamples", "must be >= 100")
+
+
+COMPARABLE_METHODS = ("grao", "grpo", "ppo", "dpo", "sft_continued", "sft_grpo",
+                      "grao_no_imitation", "grao_no_regulariser", "grao_no_exploration")
+
+
+@dataclass
+class CompareConfig:
+    """Which methods the compare pipeline runs, over which seeds."""
+
+    methods: list[str] = field(default_factory=lambda: list(COMPARABLE_METHODS))
+    """Methods to train from the same starting policy, each with its own parameters file."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    """Training seeds; every method runs once per seed."""
+    reach_fraction: float = 0.9
+    """"Steps to reach" = first step where the smoothed training reward has made this
+    fraction of its total gain (final − first)."""
+    smoothing_window: int = 3
+    """Rolling-mean window (steps) for the training reward curve."""
+    bootstrap_resamples: int = 1000
+    """Resamples of the two-level (seed, then prompt) bootstrap."""
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in COMPARABLE_METHODS]
+        _require(not unknown and bool(self.methods), self, "methods",
+                 f"must be a non-empty subset of {list(COMPARABLE_METHODS)}")
+        _require(len(set(self.methods)) == len(self.methods), self, "methods", "has duplicates")
+        _require(bool(self.seeds) and len(set(self.seeds)) == len(self.seeds), self, "seeds",
+                 "must be non-empty and distinct")
+        _require(0 < self.reach_fraction <= 1, self, "reach_fraction", "must be in (0, 1]")
+        _require(self.smoothing_window >= 1, self, "smoothing_window", "must be >= 1")
+        _require(self.bootstrap_resamples >= 100, self, "bootstrap_resamples", "must be >= 100")

@@ -26,6 +26,34 @@ def bootstrap_ci(values, resamples: int = 1000, seed: int = 0,
             "ci_high": float(np.quantile(means, 1.0 - alpha))}
 
 
+def two_level_bootstrap_ci(values, resamples: int = 1000, seed: int = 0,
+                           level: float = 0.95) -> dict[str, float]:
+    """Mean of a [seeds, prompts] array with an interval that resamples seeds, then
+    prompts within each drawn seed, so both sources of variance are in it."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 2 or x.size == 0:
+        raise ValueError("two_level_bootstrap_ci needs a non-empty [seeds, prompts] array")
+    s, p = x.shape
+    rng = np.random.default_rng(seed)
+    seed_idx = rng.integers(0, s, size=(resamples, s))
+    prompt_idx = rng.integers(0, p, size=(resamples, s, p))
+    means = x[seed_idx[..., None], prompt_idx].mean(axis=(1, 2))
+    alpha = (1.0 - level) / 2.0
+    return {"value": float(x.mean()), "ci_low": float(np.quantile(means, alpha)),
+            "ci_high": float(np.quantile(means, 1.0 - alpha))}
+
+
+def steps_to_reach(rewards, fraction: float = 0.9, window: int = 3) -> int:
+    """First step (1-based) at which the rolling-mean reward has made ``fraction`` of
+    its total gain, last smoothed value minus first. A flat or falling curve gives 1."""
+    r = np.convolve(np.asarray(rewards, dtype=np.float64), np.ones(window) / window, mode="valid")
+    if r.size == 0:
+        raise ValueError(f"steps_to_reach needs at least {window} steps")
+    target = r[0] + fraction * (r[-1] - r[0])
+    reached = np.nonzero(r >= target)[0] if r[-1] >= r[0] else np.array([0])
+    return int(reached[0]) + window
+
+
 def verdict_indicators(verdicts, prefix: str) -> dict[str, np.ndarray]:
     """{-1, 0, +1} verdicts -> per-prompt indicators of win / tie / loss, and net (w − l)."""
     v = np.asarray(verdicts)

@@ -4,8 +4,9 @@ import pandas as pd
 from kedro.pipeline import Pipeline, node, pipeline
 
 from grao_pipeline.alignment.config import RewardConfig
+from grao_pipeline.alignment.evaluation import answer_prompts, score_answers
 
-from .nodes import answer_prompts, score_answers, summarise_evaluation
+from .nodes import summarise_evaluation
 
 START = "base"
 MODELS = ("base", "sft", "grao")
