@@ -1,6 +1,7 @@
 """Baselines on the shared loop: hand-computed GAE/DPO, and on a tiny model each
 method's loss falls when optimised and every trainable parameter changes."""
 
+import dataclasses
 import math
 
 import pytest
@@ -137,3 +138,23 @@ def test_synthetic_pairs_are_best_against_worst_and_marked(tiny, rows):
     assert report["pairs"] + report["tied_prompts"] == len(rows) and pairs
     for p in pairs:
         assert p["synthetic"] and len(p["chosen"]) > len(p["rejected"]) and p["reward_margin"] > 0
+
+
+def test_resumed_run_keeps_the_starting_policy_as_frozen_reference(tokenizer, rows, tmp_path):
+    """setup() runs before the checkpoint loads: DPO's reference is the start, not step k."""
+    def fresh():
+        model, tok = tiny_model(tokenizer, seed=0)
+        cfg = DPOConfig(steps=2, batch_size=3, learning_rate=1e-2, weight_decay=0.0,
+                        mixed_precision="fp32", show_progress=False, max_completion_tokens=6,
+                        checkpoint_dir=str(tmp_path), checkpoint_every=1)
+        return model, DPOMethod(tok, cfg), cfg
+
+    model, method, cfg = fresh()
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(model, method, dpo_rows(rows), cfg)
+    model, method, cfg = fresh()
+    resumed = train(model, method, dpo_rows(rows), dataclasses.replace(cfg, steps=3)).log
+    assert [r["step"] for r in resumed] == [1, 2, 3]
+    for name, p in method.frozen.named_parameters():
+        assert torch.equal(p, start[name]), name
+    assert any(not torch.equal(p.detach(), start[n]) for n, p in model.named_parameters())

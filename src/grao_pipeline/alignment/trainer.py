@@ -208,19 +208,22 @@ def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainCo
     model, *extra, optimizer, scheduler = accelerator.prepare(model, *extra, optimizer, scheduler)
     method.extra_modules = extra
 
+    # Before any checkpoint is loaded: a frozen reference (KL, DPO) must be the
+    # starting policy, not the resumed one.
+    method.setup(model)
     start_step, history = 0, []
     checkpoint = latest_checkpoint(cfg.checkpoint_dir) if cfg.resume else None
     if checkpoint is not None:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         _check_same_config(checkpoint, state["config"], cfg)
         accelerator.load_state(str(checkpoint))
+        method.after_update(model)  # re-sync a sampling copy with the loaded weights
         start_step, history = state["step"], state["log"]
         logger.info("%s: resumed from %s", method.name, checkpoint)
     elif not cfg.resume and _checkpoints(cfg.checkpoint_dir):
         logger.warning("%s: resume is off; removing old checkpoints in %s", method.name, cfg.checkpoint_dir)
         for old in _checkpoints(cfg.checkpoint_dir):
             shutil.rmtree(old)
-    method.setup(model)
 
     progress = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps,
                     desc=method.name, disable=not cfg.show_progress, dynamic_ncols=True)

@@ -82,7 +82,10 @@ def _train(name: str, start: ModelAndTokenizer, train_set: datasets.Dataset, cfg
     """Train one method from a fresh copy of ``start``; return it and its step log with
     the cumulative generated samples."""
     def seeded(cfg):
-        return dataclasses.replace(cfg, seed=seed, checkpoint_every=0, resume=False)
+        # No checkpoint_dir: comparison runs neither write checkpoints nor touch the
+        # ones a method's own pipeline left for resuming.
+        return dataclasses.replace(cfg, seed=seed, checkpoint_dir=None, checkpoint_every=0,
+                                   resume=False)
 
     policy = ModelAndTokenizer(copy.deepcopy(start.model), start.tokenizer)
     rewards = cfgs.rewards
