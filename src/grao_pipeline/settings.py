@@ -8,5 +8,5 @@ DISABLE_HOOKS_FOR_PLUGINS = ("kedro-viz",)
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
-    "merge_strategy": {"parameters": "soft", "globals": "soft"},
+    "merge_strategy": {"parameters": "soft"},
 }

@@ -1,11 +1,10 @@
-"""A throw-away copy of the project whose starting policy is a tiny saved model and
-whose shared rollout budget (globals.yml) is a few tiny steps."""
+"""A throw-away copy of the project whose starting policy is a tiny saved model, run
+with a few tiny steps."""
 
 import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
@@ -13,12 +12,16 @@ from grao_pipeline.io import HFModelDataset
 
 ROOT = Path(__file__).resolve().parents[2]
 
-TINY_GLOBALS = {"rollout": {"steps": 2, "prompts_per_step": 2, "num_generations": 2,
-                            "temperature": 1.0, "max_completion_tokens": 6,
-                            "learning_rate": 1e-4, "max_prompt_tokens": 128}}
+TINY_ROLLOUT = {"steps": 2, "prompts_per_step": 2, "num_generations": 2, "temperature": 1.0,
+                "max_completion_tokens": 6, "learning_rate": 1e-4, "mixed_precision": "fp32",
+                "show_progress": False}
 TINY_RUN = {
     "sft": {"steps": 2, "batch_size": 2, "mixed_precision": "fp32", "show_progress": False},
-    "grao": {"checkpoint_every": 1, "mixed_precision": "fp32", "show_progress": False},
+    "grao": {**TINY_ROLLOUT, "checkpoint_every": 1},
+    "grpo": TINY_ROLLOUT,
+    "ppo": TINY_ROLLOUT,
+    "sft_continued": {"steps": 2, "batch_size": 4, "mixed_precision": "fp32", "show_progress": False},
+    "dpo": {"steps": 2, "max_completion_tokens": 6, "mixed_precision": "fp32", "show_progress": False},
     "evaluation": {"num_prompts": 4, "max_new_tokens": 6, "batch_size": 4,
                    "bootstrap_resamples": 200},
 }
@@ -30,7 +33,6 @@ def project(tmp_path, tiny, monkeypatch):
         shutil.copytree(ROOT / item, tmp_path / item,
                         ignore=shutil.ignore_patterns("local", "__pycache__", "*.egg-info"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    (tmp_path / "conf" / "base" / "globals.yml").write_text(yaml.safe_dump(TINY_GLOBALS))
     (tmp_path / "conf" / "local").mkdir()
     HFModelDataset(path=str(tmp_path / "tiny_base")).save(tiny)
     (tmp_path / "conf" / "local" / "catalog.yml").write_text(

@@ -177,7 +177,7 @@ class _RolloutMethod:
         self.reward = reward
         self.cfg = cfg
         self.rows_per_step = cfg.prompts_per_step
-        self.updates_per_batch = getattr(cfg, "epochs_per_rollout", 1)
+        self.updates_per_batch = cfg.epochs_per_rollout
         self.sampler = None
         self.frozen = None
 

@@ -1,8 +1,8 @@
 """Every method from the same warm start, over seeds, evaluated the same way.
 
-Budgets are counted in generated samples: the on-policy methods share one rollout
-config (globals.yml) and are checked to match; DPO's synthetic pairs are drawn from
-the same number of samples; SFT generates nothing and sees as many reference rows.
+Budgets are counted in generated samples: the on-policy methods must have the same
+rollout settings as GRAO (checked, field by field); DPO's synthetic pairs are drawn
+from the same number of samples; SFT generates nothing and sees as many reference rows.
 """
 
 from __future__ import annotations
@@ -61,20 +61,23 @@ class _Configs:
     rewards: RewardConfig
 
 
-def _rollout_samples(cfg) -> int:
-    return cfg.steps * cfg.prompts_per_step * cfg.num_generations
+# What GRAO and the on-policy baselines must share for a fair comparison.
+SHARED_ROLLOUT = ("steps", "prompts_per_step", "num_generations", "temperature",
+                  "max_completion_tokens", "max_prompt_tokens", "learning_rate")
 
 
 def check_budgets(cfgs: _Configs, methods: list[str]) -> int:
-    """The generated-sample budget every on-policy method must share; refuses a mismatch."""
-    budget = _rollout_samples(cfgs.grao)
+    """The generated-sample budget every method gets; refuses an on-policy baseline
+    whose rollout settings differ from GRAO's, naming the fields."""
     for name in ("grpo", "ppo"):
         if name in methods or (name == "grpo" and "sft_grpo" in methods):
-            got = _rollout_samples(getattr(cfgs, name))
-            if got != budget:
-                raise ValueError(f"{name} would generate {got} samples but GRAO generates {budget}: "
-                                 "set the same steps/prompts_per_step/num_generations (globals.yml)")
-    return budget
+            other = getattr(cfgs, name)
+            differ = [f"{f}: grao {getattr(cfgs.grao, f)} vs {name} {getattr(other, f)}"
+                      for f in SHARED_ROLLOUT if getattr(cfgs.grao, f) != getattr(other, f)]
+            if differ:
+                raise ValueError(f"{name} and GRAO must share their rollout settings for a fair "
+                                 f"comparison; they differ in {'; '.join(differ)}")
+    return cfgs.grao.steps * cfgs.grao.prompts_per_step * cfgs.grao.num_generations
 
 
 def _train(name: str, start: ModelAndTokenizer, train_set: datasets.Dataset, cfgs: _Configs,

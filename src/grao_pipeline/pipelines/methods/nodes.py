@@ -1,7 +1,7 @@
 """Training nodes for the baselines and GRAO ablations, all on the shared loop.
 
 Every method starts from the SFT warm start, uses the same reward and (for the
-on-policy ones) the same rollout settings from conf/base/globals.yml.
+on-policy ones) the same rollout settings as GRAO (checked by `compare`).
 """
 
 from __future__ import annotations
