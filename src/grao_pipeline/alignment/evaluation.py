@@ -38,8 +38,7 @@ def answer_prompts(policy: ModelAndTokenizer, test_set: datasets.Dataset, params
                                      params.temperature, do_sample=params.do_sample)
         answers += samples.texts
         lengths += samples.mask.sum(1).tolist()
-        truncated += [not bool(torch.isin(row, torch.tensor([tok.eos_token_id])).any())
-                      for row in samples.ids]
+        truncated += samples.truncated.tolist()
         kl += (sequence_kl(model, start_policy.model, encoded, samples.ids, samples.mask).tolist()
                if start_policy is not None else [0.0] * len(samples.texts))
     return pd.DataFrame({"prompt": prompts, "reference": [r["reference"] for r in rows],

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from grao_pipeline.alignment.rollout import EncodedPrompts
+from grao_pipeline.alignment.rollout import EncodedPrompts, completion_log_probs
 
 
 def bootstrap_ci(values, resamples: int = 1000, seed: int = 0,
@@ -85,15 +84,10 @@ def sequence_kl(model, start_model, prompts: EncodedPrompts, completion_ids: tor
     """
     out = []
     for s in range(0, completion_ids.shape[0], chunk):
-        sl = slice(s, s + chunk)
-        ids = torch.cat([prompts.ids[sl], completion_ids[sl]], dim=1)
-        attn = torch.cat([prompts.mask[sl], completion_mask[sl]], dim=1)
-        pos = (attn.cumsum(1) - 1).clamp(min=0)
-        keep = completion_ids.shape[1] + 1
-        lp = F.log_softmax(model(input_ids=ids, attention_mask=attn, position_ids=pos,
-                                 logits_to_keep=keep).logits[:, :-1].float(), -1)
-        lq = F.log_softmax(start_model(input_ids=ids, attention_mask=attn, position_ids=pos,
-                                       logits_to_keep=keep).logits[:, :-1].float(), -1)
+        args = (prompts.ids[s:s + chunk], prompts.mask[s:s + chunk],
+                completion_ids[s:s + chunk], completion_mask[s:s + chunk])
+        lp = completion_log_probs(model, *args)
+        lq = completion_log_probs(start_model, *args)
         kl_t = (lp.exp() * (lp - lq)).sum(-1)
-        out.append((kl_t * completion_mask[sl]).sum(-1))
+        out.append((kl_t * completion_mask[s:s + chunk]).sum(-1))
     return torch.cat(out)

@@ -102,13 +102,17 @@ class Samples:
     """Completions for B prompts, G each, row order prompt-major (prompt b, sample g).
 
     ``ids``, ``mask``: [B*G, C]; ``texts``: B*G decoded completions (EOS stripped);
-    ``num_truncated``: completions with no EOS within the length budget.
+    ``truncated``: [B*G] bool, no EOS within the length budget.
     """
 
     ids: torch.Tensor
     mask: torch.Tensor
     texts: list[str]
-    num_truncated: int
+    truncated: torch.Tensor
+
+    @property
+    def num_truncated(self) -> int:
+        return int(self.truncated.sum())
 
 
 @torch.no_grad()  # not inference_mode: these tensors are reused as inputs under autograd
@@ -132,21 +136,21 @@ def sample_completions(model: PreTrainedModel, tokenizer, prompts: EncodedPrompt
     ids = out[:, prompts.ids.shape[1]:].cpu()
     mask = completion_mask(ids, eos)
     ids = ids.masked_fill(mask == 0, tokenizer.pad_token_id)
-    has_eos = torch.isin(ids, torch.tensor(eos)).any(dim=1)
+    truncated = ~torch.isin(ids, torch.tensor(eos)).any(dim=1)
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-    return Samples(ids, mask, [t.strip() for t in texts], int((~has_eos).sum()))
+    return Samples(ids, mask, [t.strip() for t in texts], truncated)
 
 
-def token_logps(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                completion_ids: torch.Tensor, completion_mask_: torch.Tensor,
-                return_hidden: bool = False):
-    """Per-token log π(c_t | prompt, c_<t) of completions. All inputs [N, ·]; returns [N, C].
+def completion_log_probs(model: PreTrainedModel, prompt_ids: torch.Tensor,
+                         prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
+                         completion_mask_: torch.Tensor, return_hidden: bool = False):
+    """log π(· | prompt, c_<t) over the vocabulary at each completion position.
 
+    All inputs [N, ·]; returns [N, C, V] float32 (and, with ``return_hidden``, the last
+    hidden state of the position before each completion token, [N, C, H]).
     Positions are counted from the first real prompt token (left padding), as in
     ``generate``. Only the C+1 last logits are computed (``logits_to_keep``), which
     skips the LM head on prompt positions. Masked positions hold garbage; mask them.
-    ``return_hidden`` also returns the last hidden state of the position before each
-    completion token, [N, C, H] (the state a value head scores).
     """
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
     attention_mask = torch.cat([prompt_mask, completion_mask_], dim=1)
@@ -154,11 +158,22 @@ def token_logps(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: t
     c = completion_ids.shape[1]
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 logits_to_keep=c + 1, use_cache=False, output_hidden_states=return_hidden)
-    logits = out.logits[:, :-1].float()  # position t predicts token t+1
-    logps = torch.gather(F.log_softmax(logits, dim=-1), 2, completion_ids.unsqueeze(-1)).squeeze(-1)
+    log_probs = F.log_softmax(out.logits[:, :-1].float(), dim=-1)  # position t predicts t+1
     if return_hidden:
-        return logps, out.hidden_states[-1][:, -(c + 1):-1]
-    return logps
+        return log_probs, out.hidden_states[-1][:, -(c + 1):-1]
+    return log_probs
+
+
+def token_logps(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                completion_ids: torch.Tensor, completion_mask_: torch.Tensor,
+                return_hidden: bool = False):
+    """Per-token log π(c_t | prompt, c_<t) of completions. All inputs [N, ·]; returns [N, C]
+    (and hidden states [N, C, H] with ``return_hidden``; see ``completion_log_probs``)."""
+    out = completion_log_probs(model, prompt_ids, prompt_mask, completion_ids,
+                               completion_mask_, return_hidden)
+    log_probs, hidden = out if return_hidden else (out, None)
+    logps = torch.gather(log_probs, 2, completion_ids.unsqueeze(-1)).squeeze(-1)
+    return (logps, hidden) if return_hidden else logps
 
 
 def sequence_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
