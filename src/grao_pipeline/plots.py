@@ -56,11 +56,13 @@ def evaluation_summary(metrics: dict[str, dict[str, dict[str, float]]]) -> plt.F
              yerr=[[v["value"] - v["ci_low"] for v in vals], [v["ci_high"] - v["value"] for v in vals]],
              capsize=5)
     ax_r.set_title("held-out mean reward (95% bootstrap CI)")
-    judged = [m for m in labels if "win_vs_reference" in metrics[m]]
+    judged = [m for m in labels if "ras" in metrics[m]]
     bottom = [0.0] * len(judged)
-    for key, colour in (("win", "tab:green"), ("tie", "tab:gray"), ("loss", "tab:red")):
-        share = [metrics[m][f"{key}_vs_reference"]["value"] for m in judged]
-        ax_w.bar(judged, share, bottom=bottom, color=colour, label=key, alpha=0.8)
+    for key, colour in (("ras", "tab:green"), ("tie_vs_reference", "tab:gray"),
+                        ("loss_vs_reference", "tab:red")):
+        share = [metrics[m][key]["value"] for m in judged]
+        ax_w.bar(judged, share, bottom=bottom, color=colour, label=key.split("_")[0].replace("ras", "win"),
+                 alpha=0.8)
         bottom = [b + s for b, s in zip(bottom, share, strict=True)]
     ax_w.set_ylim(0, 1)
     ax_w.set_title("vs the reference answer (win = RAS)")

@@ -10,29 +10,23 @@ import torch
 from grao_pipeline.alignment.advantages import gae, whiten
 from grao_pipeline.alignment.config import DPOConfig, GRAOConfig, GRPOConfig, PPOConfig
 from grao_pipeline.alignment.losses import dpo_loss, grpo_loss
-from grao_pipeline.alignment.methods import (
-    DPOMethod,
-    GRAOMethod,
-    GRPOMethod,
-    PPOMethod,
-    synthetic_pairs,
-)
+from grao_pipeline.alignment.methods.dpo import DPOMethod, synthetic_pairs
+from grao_pipeline.alignment.methods.grao import GRAOMethod
+from grao_pipeline.alignment.methods.grpo import GRPOMethod
+from grao_pipeline.alignment.methods.ppo import PPOMethod
 from grao_pipeline.alignment.models import tiny_model
 from grao_pipeline.alignment.trainer import train
+from tests.helpers import length_reward
 
 ROLLOUT = dict(steps=1, prompts_per_step=2, num_generations=3, max_completion_tokens=6,
                learning_rate=1e-3, weight_decay=0.0, mixed_precision="fp32", show_progress=False,
                temperature=1.0)
 
 
-def length_reward(prompts, completions, references, **columns):
-    return [float(len(c)) for c in completions]
-
-
 def test_gae_hand_computed():
     rewards = torch.tensor([[0.0, 0.0, 1.0]])
     values = torch.tensor([[0.5, 0.2, 0.1]])
-    adv, ret = gae(rewards, values, torch.ones(1, 3), gamma=1.0, lam=0.5)
+    adv, ret = gae(rewards, values, torch.ones(1, 3), gamma=1.0, gae_lambda=0.5)
     # δ2 = 0.9; δ1 = -0.1 → A1 = -0.1 + 0.5·0.9; δ0 = -0.3 → A0 = -0.3 + 0.5·0.35
     assert adv[0].tolist() == pytest.approx([-0.125, 0.35, 0.9])
     assert ret[0].tolist() == pytest.approx([0.375, 0.55, 1.0])
@@ -80,7 +74,7 @@ def make(method, tok, model):
         return GRAOMethod(tok, length_reward, cfg), cfg
     cfg = DPOConfig(steps=1, batch_size=3, learning_rate=1e-3, weight_decay=0.0,
                     mixed_precision="fp32", show_progress=False, max_completion_tokens=6)
-    return DPOMethod(tok, cfg), cfg
+    return DPOMethod(tok, length_reward, cfg), cfg
 
 
 @pytest.mark.parametrize("method", ["grpo", "ppo", "dpo", "grao"])
@@ -115,7 +109,7 @@ def test_one_step_changes_every_trainable_parameter(tokenizer, rows, method):
     unchanged = [key for key, p in after.items() if torch.equal(before[key], p.detach())]
     assert not unchanged, unchanged
     if method == "ppo":
-        assert "kl_to_ref" in log[0] and "loss/value" in log[0]
+        assert "kl_to_start" in log[0] and "loss/value" in log[0]
 
 
 def test_grpo_dapo_gradient_accumulation_gives_the_same_update(tokenizer, rows):
@@ -134,20 +128,20 @@ def test_synthetic_pairs_are_best_against_worst_and_marked(tiny, rows):
     torch.manual_seed(0)
     pairs, report = synthetic_pairs(model, tok, length_reward, rows, candidates=3,
                                     max_new_tokens=6, temperature=1.0)
-    assert report["generated_samples"] == 3 * len(rows)
+    assert report["samples"] == 3 * len(rows)
     assert report["pairs"] + report["tied_prompts"] == len(rows) and pairs
     for p in pairs:
         assert p["synthetic"] and len(p["chosen"]) > len(p["rejected"]) and p["reward_margin"] > 0
 
 
-def test_resumed_run_keeps_the_starting_policy_as_frozen_reference(tokenizer, rows, tmp_path):
-    """setup() runs before the checkpoint loads: DPO's reference is the start, not step k."""
+def test_resumed_run_keeps_the_start_policy_frozen(tokenizer, rows, tmp_path):
+    """setup() runs before the checkpoint loads: DPO's start policy is the start, not step k."""
     def fresh():
         model, tok = tiny_model(tokenizer, seed=0)
         cfg = DPOConfig(steps=2, batch_size=3, learning_rate=1e-2, weight_decay=0.0,
                         mixed_precision="fp32", show_progress=False, max_completion_tokens=6,
                         checkpoint_dir=str(tmp_path), checkpoint_every=1)
-        return model, DPOMethod(tok, cfg), cfg
+        return model, DPOMethod(tok, length_reward, cfg), cfg
 
     model, method, cfg = fresh()
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -155,6 +149,6 @@ def test_resumed_run_keeps_the_starting_policy_as_frozen_reference(tokenizer, ro
     model, method, cfg = fresh()
     resumed = train(model, method, dpo_rows(rows), dataclasses.replace(cfg, steps=3)).log
     assert [r["step"] for r in resumed] == [1, 2, 3]
-    for name, p in method.frozen.named_parameters():
+    for name, p in method.start_policy.named_parameters():
         assert torch.equal(p, start[name]), name
     assert any(not torch.equal(p.detach(), start[n]) for n, p in model.named_parameters())

@@ -13,11 +13,11 @@ def toy_batch():
     sample_logps = torch.tensor([[[-1.0, -1.0], [-2.0, -50.0]],
                                  [[-0.5, -0.5], [-1.0, -2.0]]], requires_grad=True)
     sample_mask = torch.tensor([[[1, 1], [1, 0]], [[1, 1], [1, 1]]])
-    ref_logps = torch.tensor([[-2.0, -4.0], [-1.0, -9.0]], requires_grad=True)
-    ref_mask = torch.tensor([[1, 1], [1, 0]])
+    reference_logps = torch.tensor([[-2.0, -4.0], [-1.0, -9.0]], requires_grad=True)
+    reference_mask = torch.tensor([[1, 1], [1, 0]])
     adv = torch.tensor([[1.0, -1.0], [0.5, -0.5]])
-    ref_adv = torch.tensor([0.8, -0.2])
-    return sample_logps, sample_mask, ref_logps, ref_mask, adv, ref_adv
+    reference_adv = torch.tensor([0.8, -0.2])
+    return sample_logps, sample_mask, reference_logps, reference_mask, adv, reference_adv
 
 
 def test_grao_loss_value_matches_hand_computation():
@@ -34,8 +34,8 @@ def test_grao_loss_value_matches_hand_computation():
 
 
 def test_grao_loss_gradient_matches_hand_computation():
-    sample_logps, sample_mask, ref_logps, ref_mask, adv, ref_adv = toy_batch()
-    loss, _ = grao_loss(sample_logps, sample_mask, ref_logps, ref_mask, adv, ref_adv,
+    sample_logps, sample_mask, reference_logps, reference_mask, adv, reference_adv = toy_batch()
+    loss, _ = grao_loss(sample_logps, sample_mask, reference_logps, reference_mask, adv, reference_adv,
                         beta=BETA, lam=LAM)
     loss.backward()
     # d loss / d logp(o_{b,i,t}) = -(1/B)(1/G)(1+λ)·Â_{b,i} / |o_{b,i}| on unmasked tokens
@@ -44,8 +44,8 @@ def test_grao_loss_gradient_matches_hand_computation():
                              [[c * 0.5 / 2, c * 0.5 / 2], [c * -0.5 / 2, c * -0.5 / 2]]])
     assert torch.allclose(sample_logps.grad, expected, atol=1e-7)
     # d loss / d logp(y_{b,t}) = -(1/B)(β·Â_y − λ·mean_i Â_i) / |y_b|; here mean_i Â_i = 0
-    expected_ref = torch.tensor([[-(0.5) * BETA * 0.8 / 2] * 2, [-(0.5) * BETA * -0.2, 0.0]])
-    assert torch.allclose(ref_logps.grad, expected_ref, atol=1e-7)
+    expected_reference = torch.tensor([[-(0.5) * BETA * 0.8 / 2] * 2, [-(0.5) * BETA * -0.2, 0.0]])
+    assert torch.allclose(reference_logps.grad, expected_reference, atol=1e-7)
 
 
 def test_regulariser_identity_with_reference_outside_statistics():
@@ -56,18 +56,18 @@ def test_regulariser_identity_with_reference_outside_statistics():
     sample_logps = -torch.rand(b, g, t) * 3
     mask = (torch.rand(b, g, t) > 0.2).long()
     mask[..., 0] = 1
-    ref_logps, ref_mask = -torch.rand(b, t) * 3, torch.ones(b, t, dtype=torch.long)
+    reference_logps, reference_mask = -torch.rand(b, t) * 3, torch.ones(b, t, dtype=torch.long)
     adv = group_advantages(torch.rand(b, g), torch.rand(b), include_reference=False)
-    loss, m = grao_loss(sample_logps, mask, ref_logps, ref_mask, adv.samples, adv.reference,
+    loss, m = grao_loss(sample_logps, mask, reference_logps, reference_mask, adv.samples, adv.reference,
                         beta=BETA, lam=LAM)
     assert m["loss/regulariser"] == pytest.approx(LAM * m["loss/exploration"], abs=1e-6)
-    ell_o, ell_y = sequence_mean(sample_logps, mask), sequence_mean(ref_logps, ref_mask)
+    ell_o, ell_y = sequence_mean(sample_logps, mask), sequence_mean(reference_logps, reference_mask)
     by_hand = -((1 + LAM) * (adv.samples * ell_o).mean(1) + BETA * adv.reference * ell_y).mean()
     assert loss.item() == pytest.approx(by_hand.item(), abs=1e-6)
 
     # with y inside, the regulariser's y-part is −λ·ℓ(y)·mean_i(Â_i), no longer zero
     inside = group_advantages(torch.rand(b, g), torch.rand(b), include_reference=True)
-    _, m_in = grao_loss(sample_logps, mask, ref_logps, ref_mask, inside.samples,
+    _, m_in = grao_loss(sample_logps, mask, reference_logps, reference_mask, inside.samples,
                         inside.reference, beta=BETA, lam=LAM)
     y_part = -(-LAM * ell_y * inside.samples.mean(1)).mean()
     assert m_in["loss/regulariser"] == pytest.approx(LAM * m_in["loss/exploration"] + y_part.item(), abs=1e-6)
@@ -85,15 +85,15 @@ def test_ablations_switch_terms_off():
 
 
 def test_clipped_ratio_has_on_policy_gradient_at_ratio_one():
-    sample_logps, sample_mask, ref_logps, ref_mask, adv, ref_adv = toy_batch()
-    on_policy, _ = grao_loss(sample_logps, sample_mask, ref_logps, ref_mask, adv, ref_adv, BETA, LAM)
+    sample_logps, sample_mask, reference_logps, reference_mask, adv, reference_adv = toy_batch()
+    on_policy, _ = grao_loss(sample_logps, sample_mask, reference_logps, reference_mask, adv, reference_adv, BETA, LAM)
     (g_on,) = torch.autograd.grad(on_policy, sample_logps)
-    clipped, _ = grao_loss(sample_logps, sample_mask, ref_logps, ref_mask, adv, ref_adv, BETA, LAM,
+    clipped, _ = grao_loss(sample_logps, sample_mask, reference_logps, reference_mask, adv, reference_adv, BETA, LAM,
                            old_sample_logps=sample_logps.detach())
     (g_clip,) = torch.autograd.grad(clipped, sample_logps)
     assert torch.allclose(g_on, g_clip, atol=1e-7)
     # far outside the clip range with a positive advantage, the gradient vanishes
-    clipped_far, _ = grao_loss(sample_logps, sample_mask, ref_logps, ref_mask, adv.abs(), ref_adv,
+    clipped_far, _ = grao_loss(sample_logps, sample_mask, reference_logps, reference_mask, adv.abs(), reference_adv,
                                BETA, LAM, old_sample_logps=sample_logps.detach() - 1.0)
     (g_far,) = torch.autograd.grad(clipped_far, sample_logps)
     assert g_far.abs().max().item() == 0.0
@@ -104,7 +104,7 @@ def test_kl_penalty_adds_length_normalised_k3():
     base, _ = grao_loss(*batch, beta=BETA, lam=LAM)
     kl_tokens = torch.full((2, 2, 2), 0.5)
     with_kl, m = grao_loss(*batch, beta=BETA, lam=LAM, kl_per_token=kl_tokens, kl_coef=0.1)
-    assert m["kl_to_ref"] == pytest.approx(0.5)
+    assert m["kl_to_start"] == pytest.approx(0.5)
     assert with_kl.item() == pytest.approx(base.item() + 0.05, abs=1e-6)
     assert k3_kl(torch.tensor([-1.0]), torch.tensor([-1.0])).item() == 0.0
     assert k3_kl(torch.tensor([-1.0]), torch.tensor([-2.0])).item() == pytest.approx(

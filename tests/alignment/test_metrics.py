@@ -37,3 +37,31 @@ def test_sequence_kl_is_zero_for_the_same_model_and_positive_otherwise(tokenizer
     ids, mask = encode_completions(tokenizer, ["fine", "good thanks"], 5, tokenizer.eos_token_id)
     assert torch.allclose(sequence_kl(a, a, enc, ids, mask), torch.zeros(2), atol=1e-6)
     assert (sequence_kl(a, b, enc, ids, mask) > 0).all()
+
+
+def test_sequence_kl_equals_a_per_row_unpadded_computation(tokenizer):
+    """Against an independent computation: each row alone (no padding, full logits),
+    Σ over completion tokens of Σ_v p(v)·(log p(v) − log q(v))."""
+    a, b = tiny_model(tokenizer, seed=0).model, tiny_model(tokenizer, seed=1).model
+    prompts, answers = ["hi", "how are you today"], ["fine", "good thanks, you?"]
+    enc = encode_prompts(tokenizer, prompts)
+    ids, mask = encode_completions(tokenizer, answers, 8, tokenizer.eos_token_id)
+    batched = sequence_kl(a, b, enc, ids, mask)
+    for i in range(2):
+        p_ids = enc.ids[i][enc.mask[i].bool()]
+        c_ids = ids[i][mask[i].bool()]
+        full = torch.cat([p_ids, c_ids]).unsqueeze(0)
+        with torch.no_grad():
+            lp = torch.log_softmax(a(full).logits[0].double(), -1)[len(p_ids) - 1:-1]
+            lq = torch.log_softmax(b(full).logits[0].double(), -1)[len(p_ids) - 1:-1]
+        expected = (lp.exp() * (lp - lq)).sum()
+        assert batched[i].item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_steps_to_reach_reports_no_gain_instead_of_a_fast_step():
+    from grao_pipeline.alignment.metrics import steps_to_reach
+
+    assert steps_to_reach([0, 0, 0, 1, 1, 1], fraction=0.9, window=1) == 4
+    assert steps_to_reach([0.0, 0.5, 1.0, 1.0], fraction=0.5, window=1) == 2
+    assert np.isnan(steps_to_reach([1.0, 0.8, 0.5, 0.2], window=1))  # falling: never "fast"
+    assert np.isnan(steps_to_reach([0.3] * 5, window=3))  # flat

@@ -9,10 +9,11 @@ from grao_pipeline.alignment.rewards import (
     register_reward,
     resolve_reward,
 )
+from tests.helpers import length_reward
 
 
 def component(name):
-    return resolve_reward(name, RewardConfig())
+    return resolve_reward(name, {})
 
 
 def test_relevance_prefers_on_topic_answers():
@@ -39,23 +40,19 @@ def test_reference_similarity_makes_the_reference_maximal():
 
 
 def test_composite_is_the_weighted_sum():
-    cfg = RewardConfig(components={"positivity": 0.5, "profanity": 2.0})
+    cfg = RewardConfig(components={"positivity": {"weight": 0.5}, "profanity": {"weight": 2.0}})
     reward = CompositeReward(cfg)
     parts = reward.components_and_total(["q"], ["great, thanks!"], ["y"])
     assert parts["total"][0] == pytest.approx(0.5 * parts["positivity"][0] + 2.0 * parts["profanity"][0])
 
 
-def length_reward(prompts, completions, references, **columns):
-    return [float(len(c)) for c in completions]
-
-
 def test_plain_functions_by_registered_name_or_import_path():
     register_reward("test_length")(length_reward)
-    for name in ("test_length", "tests.alignment.test_rewards:length_reward"):
-        reward = CompositeReward(RewardConfig(components={name: 1.0}))
+    for name in ("test_length", "tests.helpers:length_reward"):
+        reward = CompositeReward(RewardConfig(components={name: {"weight": 1.0}}))
         assert reward(["q", "q"], ["ab", "abcd"], ["", ""]) == [2.0, 4.0]
     with pytest.raises(ValueError, match="unknown reward 'nope'"):
-        CompositeReward(RewardConfig(components={"nope": 1.0}))
+        CompositeReward(RewardConfig(components={"nope": {"weight": 1.0}}))
     with pytest.raises(ValueError, match="already registered"):
         register_reward("test_length")(length_reward)
 

@@ -4,14 +4,11 @@ import pytest
 import torch
 
 from grao_pipeline.alignment.config import ConfigError, GRAOConfig, SFTConfig
-from grao_pipeline.alignment.methods import GRAOMethod, SFTMethod
+from grao_pipeline.alignment.methods.grao import GRAOMethod
+from grao_pipeline.alignment.methods.sft import SFTMethod
 from grao_pipeline.alignment.models import tiny_model
 from grao_pipeline.alignment.trainer import StopTraining, latest_checkpoint, train
-
-
-def length_reward(prompts, completions, references, **columns):
-    """Longer answers score higher: gives every group reward variance on a random model."""
-    return [float(len(c)) for c in completions]
+from tests.helpers import length_reward
 
 
 def grao_cfg(**overrides):
@@ -163,7 +160,8 @@ def test_several_epochs_per_rollout_and_kl_penalty_run(tiny, rows):
     model, tok = tiny
     cfg = grao_cfg(epochs_per_rollout=2, kl_coef=0.1)
     row = train(model, GRAOMethod(tok, length_reward, cfg), rows, cfg).log[0]
-    assert row["kl_to_ref"] >= 0.0 and torch.isfinite(torch.tensor(row["loss"]))
+    # The policy moves during the 2 epochs, so the k3 KL to the start policy must be > 0.
+    assert row["kl_to_start"] > 0.0 and torch.isfinite(torch.tensor(row["loss"]))
 
 
 def test_resume_under_a_different_config_is_refused(tiny, rows, tmp_path):

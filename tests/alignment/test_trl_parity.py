@@ -37,15 +37,15 @@ def toy_rollout(seed=0):
     g = torch.Generator().manual_seed(seed)
     logps = (-torch.rand(N, T, generator=g) * 3).requires_grad_()
     old = logps.detach() + 0.3 * torch.randn(N, T, generator=g)
-    ref = logps.detach() + 0.2 * torch.randn(N, T, generator=g)
+    start = logps.detach() + 0.2 * torch.randn(N, T, generator=g)
     mask = torch.ones(N, T, dtype=torch.long)
     mask[0, 3:] = 0
     mask[4, 1:] = 0
     adv = torch.randn(N, generator=g)
-    return logps, old, ref, mask, adv
+    return logps, old, start, mask, adv
 
 
-def trl_grpo_loss(logps, old, ref, mask, adv, aggregation, kl_coef):
+def trl_grpo_loss(logps, old, start, mask, adv, aggregation, kl_coef):
     fake = SimpleNamespace(
         _get_per_token_logps_and_entropies=lambda *a, **k: (logps, torch.zeros_like(logps), None),
         aux_loss_enabled=False, top_entropy_quantile=1.0, off_policy_mask_threshold=None,
@@ -57,7 +57,7 @@ def trl_grpo_loss(logps, old, ref, mask, adv, aggregation, kl_coef):
         args=SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=1))
     inputs = {"prompt_ids": torch.zeros(N, 2, dtype=torch.long), "prompt_mask": torch.ones(N, 2),
               "completion_ids": torch.zeros(N, T, dtype=torch.long), "completion_mask": mask,
-              "advantages": adv, "old_per_token_logps": old, "ref_per_token_logps": ref,
+              "advantages": adv, "old_per_token_logps": old, "ref_per_token_logps": start,
               "num_items_in_batch": mask.sum()}
     return GRPOTrainer._compute_loss(fake, None, inputs)
 
@@ -65,10 +65,10 @@ def trl_grpo_loss(logps, old, ref, mask, adv, aggregation, kl_coef):
 @pytest.mark.parametrize("aggregation", ["grpo", "bnpo", "dr_grpo", "dapo"])
 @pytest.mark.parametrize("kl_coef", [0.0, 0.04])
 def test_grpo_loss_and_gradient_match_trl(aggregation, kl_coef):
-    logps, old, ref, mask, adv = toy_rollout()
-    theirs = trl_grpo_loss(logps, old, ref, mask, adv, aggregation, kl_coef)
+    logps, old, start, mask, adv = toy_rollout()
+    theirs = trl_grpo_loss(logps, old, start, mask, adv, aggregation, kl_coef)
     (their_grad,) = torch.autograd.grad(theirs, logps)
-    ours, _ = grpo_loss(logps, mask, adv, old_logps=old, ref_logps=ref, kl_coef=kl_coef,
+    ours, _ = grpo_loss(logps, mask, adv, old_logps=old, start_logps=start, kl_coef=kl_coef,
                         clip_eps_low=0.2, clip_eps_high=0.28, aggregation=aggregation,
                         max_completion_length=MAX_LEN, num_items_in_batch=float(mask.sum()))
     (our_grad,) = torch.autograd.grad(ours, logps)
@@ -93,7 +93,7 @@ def test_dpo_sigmoid_loss_matches_trl():
     completion_mask[1, 4:] = 0
     shift_mask = completion_mask[:, 1:]
     log_probs = (per_token * shift_mask).requires_grad_()  # fused head zeroes ignored labels
-    ref = -torch.rand(2 * b, generator=g) * 4
+    start = -torch.rand(2 * b, generator=g) * 4
     outputs = SimpleNamespace(log_probs=log_probs, entropy=torch.zeros_like(per_token),
                               mean_logits=torch.zeros_like(per_token),
                               is_top1=torch.zeros_like(per_token, dtype=torch.bool))
@@ -105,10 +105,10 @@ def test_dpo_sigmoid_loss_matches_trl():
     inputs = {"input_ids": torch.zeros(2 * b, length, dtype=torch.long),
               "attention_mask": torch.ones(2 * b, length, dtype=torch.long),
               "completion_mask": completion_mask,
-              "ref_chosen_logps": ref[:b], "ref_rejected_logps": ref[b:]}
+              "ref_chosen_logps": start[:b], "ref_rejected_logps": start[b:]}
     theirs = DPOTrainer._compute_loss(fake, lambda **kw: outputs, inputs, return_outputs=False)
     summed = log_probs.sum(1)
-    ours, metrics = dpo_loss(summed[:b], summed[b:], ref[:b], ref[b:], beta=0.1)
+    ours, metrics = dpo_loss(summed[:b], summed[b:], start[:b], start[b:], beta=0.1)
     assert ours.item() == pytest.approx(theirs.item(), abs=1e-6)
     (g_theirs,) = torch.autograd.grad(theirs, log_probs, retain_graph=True)
     (g_ours,) = torch.autograd.grad(ours, log_probs)

@@ -1,17 +1,44 @@
-"""The compare pipeline over every method and two seeds on a tiny model, then the
-notebook that reads its outputs, executed headless."""
+"""``compare`` as namespaced modular pipelines: every method × two seeds on a tiny
+model, then the notebook that reads its outputs; a toy method registered from this
+file runs through `kedro run` and `compare` without touching a project file; an
+interrupted comparison reruns only the runs it had not finished."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import nbformat
 import pandas as pd
 import pytest
+import yaml
 from nbclient import NotebookClient
 
-from grao_pipeline.alignment.config import COMPARABLE_METHODS
+from grao_pipeline.alignment.config import RolloutConfig
+from grao_pipeline.alignment.losses import sft_loss
+from grao_pipeline.alignment.methods import (
+    BaseMethod,
+    MethodSpec,
+    register_method,
+    unregister_method,
+)
+from grao_pipeline.alignment.methods.sft import encode_answers
+from grao_pipeline.alignment.rollout import token_logps
 
 from .conftest import TINY_RUN, kedro_run
 
-COMPARE_RUN = {**TINY_RUN, "compare": {"seeds": [0, 1], "smoothing_window": 1,
-                                       "bootstrap_resamples": 200}}
+EVERY_METHOD = ["grao", "grpo", "ppo", "dpo", "sft_continued", "sft_grpo",
+                "grao_no_imitation", "grao_no_regulariser", "grao_no_exploration"]
+COMPARE_RUN = {**TINY_RUN, "compare": {"smoothing_window": 1, "bootstrap_resamples": 200}}
+
+
+def set_compare(project: Path, methods: list[str], seeds: list[int]) -> None:
+    """compare.methods/seeds shape the pipeline, so they go in a config environment."""
+    (project / "conf/local/parameters_compare.yml").write_text(
+        f"compare:\n  methods: {methods}\n  seeds: {seeds}\n")
 
 
 @pytest.mark.slow
@@ -19,27 +46,39 @@ def test_compare_every_method_two_seeds_then_the_notebook(project):
     kedro_run(project, ["data_processing", "sft"])
     left_for_resume = project / "data/06_models/checkpoints/grao/step-000001"
     left_for_resume.mkdir(parents=True)
+    set_compare(project, EVERY_METHOD, [0, 1])
     kedro_run(project, ["compare"], COMPARE_RUN)
     assert left_for_resume.is_dir()  # comparison runs never touch a method's checkpoints
+    for method in EVERY_METHOD:
+        for seed in (0, 1):
+            run = project / f"data/07_model_output/compare/{method}/seed_{seed}"
+            assert (run / "scored.jsonl").is_file() and (run / "training_log.csv").is_file()
     report = project / "data/08_reporting"
     table = pd.read_csv(report / "compare_table.csv")
     assert list(table.columns) == ["method", "metric", "value", "ci_low", "ci_high"]
-    assert set(table["method"]) == set(COMPARABLE_METHODS)
-    for metric in ("ras", "win_vs_reference", "nag", "net_win_vs_start", "mean_reward",
+    assert set(table["method"]) == set(EVERY_METHOD)
+    for metric in ("ras", "tie_vs_reference", "nag", "net_win_vs_start", "mean_reward",
                    "kl_from_start", "response_length"):
-        assert (table["metric"] == metric).sum() == len(COMPARABLE_METHODS)
-    assert ((table["ci_low"] <= table["value"] + 1e-9) & (table["value"] <= table["ci_high"] + 1e-9)).all()
+        assert (table["metric"] == metric).sum() == len(EVERY_METHOD)
+    assert not {"win_vs_reference", "win_vs_start"} & set(table["metric"])  # no duplicates
+    finite = table.dropna(subset=["value"])
+    assert ((finite["ci_low"] <= finite["value"] + 1e-9) & (finite["value"] <= finite["ci_high"] + 1e-9)).all()
     reach = table[table["metric"] == "steps_to_90pct_reward"]
-    assert set(reach["method"]) == set(COMPARABLE_METHODS) - {"sft_continued", "dpo"}
+    assert set(reach["method"]) == set(EVERY_METHOD) - {"sft_continued", "dpo"}
     md = (report / "compare_table.md").read_text()
     assert md.startswith("| method |") and "grao_no_imitation" in md
     logs = pd.read_csv(report / "compare_training_logs.csv")
     grao = logs[logs["method"] == "grao"]
     assert sorted(grao["seed"].unique()) == [0, 1] and grao["generated_samples"].max() == 2 * 2 * 2
+    dpo = logs[logs["method"] == "dpo"]  # its synthetic pairs were generated: they count
+    assert dpo["generated_samples"].max() == 2 * 2 * 2
+    sft_grpo = logs[(logs["method"] == "sft_grpo") & (logs["seed"] == 0)]
+    assert list(sft_grpo["phase"]) == ["sft_continued"] * 2 + ["grpo"] * 2
+    assert list(sft_grpo["step"]) == [1, 2, 3, 4]
     for name in ("compare_reward_curves.png", "compare_grao_shares.png"):
         assert (report / name).stat().st_size > 0
     completions = project / "data/07_model_output/compare_completions"
-    assert {p.stem for p in completions.glob("*.jsonl")} == set(COMPARABLE_METHODS)
+    assert {p.stem for p in completions.glob("*.jsonl")} == set(EVERY_METHOD)
 
     nb = nbformat.read(project / "notebooks" / "compare.ipynb", as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3",
@@ -48,3 +87,100 @@ def test_compare_every_method_two_seeds_then_the_notebook(project):
     assert not [o for o in outputs if o.output_type == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
     assert any("[grao]" in o.get("text", "") for o in outputs)
+
+
+@dataclass
+class ToyConfig(RolloutConfig):
+    """A rollout config, so compare's budget check covers the toy method too."""
+
+    scale: float = 2.0
+    """How much louder than SFT the toy imitates."""
+
+
+class ToyMethod(BaseMethod):
+    """Imitates the reference, ``scale`` times louder than SFT: enough to be a method."""
+
+    name = "toy"
+
+    def __init__(self, tokenizer, cfg: ToyConfig):
+        super().__init__()
+        self.tokenizer, self.cfg, self.rows_per_step = tokenizer, cfg, cfg.prompts_per_step
+
+    def prepare(self, model, rows):
+        batch = encode_answers(self.tokenizer, [r["prompt"] for r in rows],
+                               [r["reference"] for r in rows], self.cfg.max_completion_tokens)
+        return batch, {"tokens": int(batch.answer_mask.sum())}
+
+    def loss(self, model, batch):
+        logps = token_logps(model, batch.prompt_ids, batch.prompt_mask,
+                            batch.answer_ids, batch.answer_mask)
+        loss, metrics = sft_loss(logps, batch.answer_mask)
+        return self.cfg.scale * loss, {**metrics, "toy/seen": float(batch.answer_mask.sum())}
+
+
+@pytest.fixture
+def toy_method():
+    register_method(MethodSpec("toy", ToyConfig, lambda tok, reward, cfg, model: ToyMethod(tok, cfg),
+                               uses_reward=False))
+    yield
+    unregister_method("toy")
+
+
+@pytest.mark.slow
+def test_a_method_registered_in_a_test_runs_through_kedro_and_compare(project, toy_method):
+    """One module (this file) plus one parameters file: no project file is edited."""
+    (project / "conf/base/parameters_toy.yml").write_text(
+        "toy:\n  steps: 2\n  prompts_per_step: 2\n  num_generations: 2\n  temperature: 1.0\n"
+        "  max_completion_tokens: 6\n  max_prompt_tokens: 128\n  learning_rate: 1.0e-4\n"
+        "  mixed_precision: fp32\n"
+        "  show_progress: false\n")
+    kedro_run(project, ["data_processing", "sft"])
+    kedro_run(project, ["toy"])
+    log = pd.read_csv(project / "data/08_reporting/toy_training_log.csv")
+    assert list(log["step"]) == [1, 2] and (log["toy/seen"] > 0).all()
+    assert (project / "data/06_models/toy/model.safetensors").is_file()
+
+    set_compare(project, ["toy", "grao"], [0])
+    kedro_run(project, ["compare"], COMPARE_RUN)
+    table = pd.read_csv(project / "data/08_reporting/compare_table.csv")
+    assert set(table["method"]) == {"toy", "grao"}
+    # with a different rollout budget the toy method is refused before anything trains
+    with pytest.raises(Exception, match="grao and toy must share|toy and grao must share"):
+        kedro_run(project, ["compare"], {**COMPARE_RUN, "toy": {"steps": 3}})
+
+
+def _kedro(project: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.Popen([str(Path(sys.executable).parent / "kedro"), "run", *args], cwd=project,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_an_interrupted_comparison_reruns_only_the_unfinished_runs(project):
+    kedro_run(project, ["data_processing", "sft"])
+    (project / "conf/local/parameters.yml").write_text(yaml.safe_dump(TINY_RUN))
+    set_compare(project, ["sft_continued", "grao"], [0, 1])
+    runs = [f"{m}/seed_{s}" for m in ("sft_continued", "grao") for s in (0, 1)]
+    out = project / "data/07_model_output/compare"
+
+    first = _kedro(project, "--pipelines", "compare")
+    deadline = time.time() + 300
+    while not (out / runs[0] / "scored.jsonl").is_file():  # one run finished...
+        assert first.poll() is None and time.time() < deadline, first.stdout.read()
+        time.sleep(0.2)
+    os.kill(first.pid, signal.SIGKILL)  # ...then the machine dies
+    first.wait()
+    killed_at = time.time_ns()
+    finished = {r: (out / r / "scored.jsonl").stat().st_mtime_ns
+                for r in runs if (out / r / "scored.jsonl").is_file()}
+    assert 1 <= len(finished) < len(runs)
+
+    second = _kedro(project, "--pipelines", "compare", "--only-missing-outputs")
+    text, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, text
+    trained = {r for r in runs if (out / r / "training_log.csv").stat().st_mtime_ns > killed_at}
+    assert trained == set(runs) - set(finished), text
+    for run, mtime in finished.items():  # finished runs were left alone
+        assert (out / run / "scored.jsonl").stat().st_mtime_ns == mtime
+    table = pd.read_csv(project / "data/08_reporting/compare_table.csv")
+    assert set(table["method"]) == {"sft_continued", "grao"}

@@ -1,24 +1,33 @@
-"""The shipped configuration: every parameters file validates into its dataclass, and
-the environments keep every method on the same generated-sample budget."""
+"""The shipped configuration: every parameters section a registered method reads
+validates into its config class, and the environments keep every compared method on
+the same generated-sample budget."""
+
+import dataclasses
 
 import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-from grao_pipeline.pipelines.compare.nodes import _Configs, check_budgets
+from grao_pipeline.alignment.methods import parameter_sections, registered_methods
+from grao_pipeline.pipelines.compare.nodes import rollout_budget
 
 from .conftest import ROOT
 
 
-@pytest.mark.parametrize("env, budget, eval_prompts", [(None, 160, 64), ("cpu_compare", 80, 48)])
-def test_environments_give_equal_budgets(env, budget, eval_prompts, monkeypatch):
+def shipped_params(monkeypatch, env=None):
     monkeypatch.chdir(ROOT)
     bootstrap_project(ROOT)
     with KedroSession.create(project_path=ROOT, env=env) as session:
-        p = session.load_context().params
-    cfgs = _Configs(p["grao"], p["grpo"], p["ppo"], p["dpo"], p["sft_continued"],
-                    p["grao_ablations"], p["rewards"])
-    assert check_budgets(cfgs, p["compare"].methods) == budget
+        return session.load_context().params
+
+
+@pytest.mark.parametrize("env, budget, eval_prompts", [(None, 160, 64), ("cpu_compare", 80, 48)])
+def test_environments_give_equal_budgets(env, budget, eval_prompts, monkeypatch):
+    p = shipped_params(monkeypatch, env)
+    for name in registered_methods():  # every section is present and typed
+        for section, cls in parameter_sections(name).items():
+            assert isinstance(p[section], cls), (name, section)
+    assert rollout_budget(p["compare"].methods, p) == budget
     assert p["sft_continued"].steps * p["sft_continued"].batch_size == budget
     assert p["evaluation"].num_prompts == eval_prompts
     assert p["evaluation"].max_new_tokens == 32  # soft merge keeps the untouched fields
@@ -26,13 +35,10 @@ def test_environments_give_equal_budgets(env, budget, eval_prompts, monkeypatch)
 
 
 def test_budget_mismatch_is_refused(monkeypatch):
-    import dataclasses
-
-    monkeypatch.chdir(ROOT)
-    bootstrap_project(ROOT)
-    with KedroSession.create(project_path=ROOT) as session:
-        p = session.load_context().params
-    cfgs = _Configs(p["grao"], dataclasses.replace(p["grpo"], steps=3), p["ppo"], p["dpo"],
-                    p["sft_continued"], p["grao_ablations"], p["rewards"])
-    with pytest.raises(ValueError, match="grpo and GRAO must share .* steps: grao 20 vs grpo 3"):
-        check_budgets(cfgs, ["grao", "grpo"])
+    p = shipped_params(monkeypatch)
+    sections = {**p, "grpo": dataclasses.replace(p["grpo"], steps=3)}
+    with pytest.raises(ValueError, match="grpo and grao must share .* steps: grao 20 vs grpo 3"):
+        rollout_budget(["grao", "grpo"], sections)
+    # a recipe's on-policy phase is checked too
+    with pytest.raises(ValueError, match="grpo and grao must share"):
+        rollout_budget(["grao", "sft_grpo"], sections)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -98,4 +99,20 @@ def test_bad_data_config_is_refused():
     with pytest.raises(ConfigError, match="format"):
         DataConfig(format="csv")
     with pytest.raises(ConfigError, match="columns"):
-        DataConfig(columns={"question": "q"})
+        DataConfig(columns={"answer": 3})
+
+
+def test_extra_mapped_columns_are_kept_for_rewards():
+    import datasets
+
+    raw = datasets.Dataset.from_list([{"q": "What is 2+3?", "demo": "5", "truth": "5", "id": 1},
+                                      {"q": "What is 4+4?", "demo": "9", "truth": "8", "id": 2}])
+    cfg = DataConfig(format="columns", columns={"prompt": "q", "reference": "demo", "answer": "truth"})
+    rows, _ = extract_pairs(raw, cfg)
+    assert rows == [{"prompt": "What is 2+3?", "reference": "5", "answer": "5"},
+                    {"prompt": "What is 4+4?", "reference": "9", "answer": "8"}]
+    kept, _ = clean_and_filter(rows, {}, dataclasses.replace(cfg, min_chars=1))
+    assert [r["answer"] for r in kept] == ["5", "8"]
+    with pytest.raises(KeyError, match="column 'nope' \\(for 'answer'\\)"):
+        extract_pairs(raw, DataConfig(format="columns", columns={"prompt": "q", "reference": "demo",
+                                                                 "answer": "nope"}))

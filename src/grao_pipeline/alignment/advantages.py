@@ -13,6 +13,7 @@ Choices for GRAO (../shared/GRAO.md §2, step 3), each explicit here:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -64,7 +65,7 @@ def group_advantages(sample_rewards: torch.Tensor, reference_rewards: torch.Tens
 
 
 def gae(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
-        gamma: float = 1.0, lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+        gamma: float = 1.0, gae_lambda: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over completion tokens. All [N, T].
 
     Positions after a completion's end (mask 0) have value 0 and stop the recursion.
@@ -77,15 +78,20 @@ def gae(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
     for t in reversed(range(values.shape[1])):
         next_value = values[:, t + 1] if t + 1 < values.shape[1] else torch.zeros_like(last)
         delta = token_rewards[:, t] + gamma * next_value - values[:, t]
-        last = (delta + gamma * lam * last) * maskf[:, t]
+        last = (delta + gamma * gae_lambda * last) * maskf[:, t]
         advantages[:, t] = last
     return advantages, advantages + values
 
 
-def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Zero-mean, unit-variance over the masked entries (masked entries set to 0)."""
+def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8,
+           reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Zero-mean, unit-variance over the masked entries (masked entries set to 0).
+
+    ``reduce_sum`` sums a statistic over every process, so several ranks whiten with
+    the statistics of the whole step, as one process would."""
+    total = reduce_sum or (lambda t: t)
     maskf = mask.to(values.dtype)
-    n = maskf.sum().clamp(min=1.0)
-    mean = (values * maskf).sum() / n
-    var = (((values - mean) * maskf) ** 2).sum() / n
-    return (values - mean) * torch.rsqrt(var + eps) * maskf
+    n, s = total(torch.stack([maskf.sum(), (values * maskf).sum()]).double()).tolist()
+    mean = s / max(n, 1.0)
+    var = float(total((((values - mean) * maskf) ** 2).sum().double())) / max(n, 1.0)
+    return (values - mean) * torch.rsqrt(torch.tensor(var + eps, dtype=values.dtype)) * maskf

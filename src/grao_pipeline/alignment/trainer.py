@@ -19,8 +19,14 @@ Simplifications and choices, stated once:
   later resume never picks up a previous run's.
 - A non-finite loss or gradient stops training with an error before the optimiser
   step, so the last checkpoint stays a good one.
-- Multi-process (accelerate DDP/FSDP): each rank takes a disjoint slice of the step's
+- Multi-process (accelerate DDP): each rank takes a disjoint slice of the step's
   prompts, so a prompt's group is always sampled, scored and normalised on one rank.
+  Rollouts run on the unwrapped model; the loss runs on the DDP wrapper, which
+  averages gradients over ranks. Batches are moved to the accelerator's device.
+  Logged metrics are reduced over ranks (counts summed, times maxed, the rest
+  averaged: every rank holds the same number of prompts), so every rank logs the
+  same row. Checkpoints are written by every rank into one folder (accelerate saves
+  per-rank RNG states) and renamed into place by the main process.
 """
 
 from __future__ import annotations
@@ -66,18 +72,23 @@ class Method(Protocol):
     """Trained alongside the policy (e.g. PPO's value head): optimised, clipped,
     checkpointed; the trainer replaces them with their accelerate-prepared versions."""
 
+    def training_rows(self, model: torch.nn.Module, rows: list[dict]) -> tuple[list[dict], dict]:
+        """The rows to train on (e.g. DPO's preference pairs) and a report of their making."""
+
     def setup(self, model: torch.nn.Module) -> None:
-        """Build helpers that need the model (a sampling copy, a frozen reference)."""
+        """Build helpers that need the (unwrapped) model: a sampling copy, the frozen
+        start policy."""
 
     def prepare(self, model: torch.nn.Module, rows: list[dict]) -> tuple[object, dict]:
         """Turn rows into a batch dataclass (tensors with a leading prompt dim), plus
-        metrics of its making (rewards, timings). Runs without gradients."""
+        metrics of its making (rewards, timings). Gets the unwrapped model; runs
+        without gradients."""
 
     def loss(self, model: torch.nn.Module, batch: object) -> tuple[torch.Tensor, dict]:
         """Scalar loss of (a chunk of) a batch, and its metrics."""
 
     def after_update(self, model: torch.nn.Module) -> None:
-        """Called after each optimiser step."""
+        """Called after each optimiser step, with the unwrapped model."""
 
 
 @dataclass
@@ -168,21 +179,54 @@ def _check_same_config(checkpoint: Path, saved: dict, cfg: TrainConfig) -> None:
                          "set resume: false to start over, or restore those values")
 
 
-def _save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, step: int, log: list[dict]) -> Path:
+def _save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, step: int, log: list[dict]) -> None:
+    """Every rank writes its part into one temporary folder; the main process then
+    renames it into place and rotates old checkpoints."""
     root = Path(cfg.checkpoint_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = root / f".tmp-step-{step:06d}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
-    state = {"step": step, "log": log, "config": dataclasses.asdict(cfg)}
-    (tmp / "trainer_state.json").write_text(json.dumps(state))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in _checkpoints(root)[:-cfg.checkpoints_to_keep]:
-        shutil.rmtree(old)
-    return final
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        state = {"step": step, "log": log, "config": dataclasses.asdict(cfg)}
+        (tmp / "trainer_state.json").write_text(json.dumps(state))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in _checkpoints(root)[:-cfg.checkpoints_to_keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def to_device(batch: object, device: torch.device) -> object:
+    """The batch dataclass with every tensor field on ``device``."""
+    return dataclasses.replace(batch, **{
+        f.name: getattr(batch, f.name).to(device) for f in dataclasses.fields(batch)
+        if isinstance(getattr(batch, f.name), torch.Tensor)})
+
+
+_SUMMED = ("samples", "tokens")
+
+
+def reduce_metrics(accelerator: Accelerator, row: dict) -> dict:
+    """One log row for the whole step: counts summed over ranks, times maxed (the
+    slowest rank sets the pace), everything else averaged."""
+    if accelerator.num_processes == 1:
+        return row
+    keys = sorted(k for k, v in row.items() if isinstance(v, int | float))
+    values = torch.tensor([float(row[k]) for k in keys], dtype=torch.float64,
+                          device=accelerator.device)
+    gathered = accelerator.gather(values.unsqueeze(0)).view(accelerator.num_processes, -1).cpu()
+    out = dict(row)
+    for i, k in enumerate(keys):
+        column = gathered[:, i]
+        out[k] = float(column.sum() if k in _SUMMED else
+                       column.max() if k.startswith("time/") else column.mean())
+    return out
 
 
 def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainConfig,
@@ -208,16 +252,17 @@ def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainCo
     model, *extra, optimizer, scheduler = accelerator.prepare(model, *extra, optimizer, scheduler)
     method.extra_modules = extra
 
-    # Before any checkpoint is loaded: a frozen reference (KL, DPO) must be the
-    # starting policy, not the resumed one.
-    method.setup(model)
+    policy = accelerator.unwrap_model(model)  # generation and no-grad forwards use it
+    # Before any checkpoint is loaded: the frozen start policy (KL, DPO) must be the
+    # policy training began from, not the resumed one.
+    method.setup(policy)
     start_step, history = 0, []
     checkpoint = latest_checkpoint(cfg.checkpoint_dir) if cfg.resume else None
     if checkpoint is not None:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         _check_same_config(checkpoint, state["config"], cfg)
         accelerator.load_state(str(checkpoint))
-        method.after_update(model)  # re-sync a sampling copy with the loaded weights
+        method.after_update(policy)  # re-sync a sampling copy with the loaded weights
         start_step, history = state["step"], state["log"]
         logger.info("%s: resumed from %s", method.name, checkpoint)
     elif not cfg.resume and _checkpoints(cfg.checkpoint_dir):
@@ -226,14 +271,16 @@ def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainCo
             shutil.rmtree(old)
 
     progress = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps,
-                    desc=method.name, disable=not cfg.show_progress, dynamic_ncols=True)
+                    desc=method.name, dynamic_ncols=True,
+                    disable=not cfg.show_progress or not accelerator.is_local_main_process)
     try:
         for step in progress:
             t_step = time.perf_counter()
             torch.manual_seed(cfg.seed * 1_000_003 + step)
             indices = step_row_indices(len(rows), method.rows_per_step, step, cfg.seed)
             rank_indices = indices[accelerator.process_index::accelerator.num_processes]
-            batch, row = method.prepare(model, [rows[i] for i in rank_indices])
+            batch, row = method.prepare(policy, [rows[i] for i in rank_indices])
+            batch = to_device(batch, accelerator.device)
 
             t_update = time.perf_counter()
             for _ in range(method.updates_per_batch):
@@ -245,7 +292,10 @@ def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainCo
                     sync = accelerator.no_sync(model) if i < len(parts) - 1 else contextlib.nullcontext()
                     with sync:
                         loss, metrics = method.loss(model, chunk)
-                        if not torch.isfinite(loss):
+                        # Every rank must agree before the collective backward.
+                        bad_ranks = accelerator.reduce(
+                            (~torch.isfinite(loss.detach())).float().reshape(1), "sum")
+                        if bad_ranks.item() > 0:
                             raise FloatingPointError(
                                 f"{method.name}: non-finite loss at step {step}: {metrics}")
                         accelerator.backward(loss * (n / total))
@@ -255,26 +305,25 @@ def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainCo
                     raise FloatingPointError(f"{method.name}: non-finite gradient norm at step {step}")
                 optimizer.step()
                 scheduler.step()
-            method.after_update(model)
+            method.after_update(policy)
 
             now = time.perf_counter()
             row.update(_weighted_mean(chunk_metrics))
             row.update({"step": step + 1, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
                         "time/update": now - t_update, "time/step": now - t_step})
+            row = reduce_metrics(accelerator, row)
             if "tokens" in row:
                 row["tokens_per_sec"] = row["tokens"] / row["time/step"]
             history.append(row)
             progress.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "reward/mean") if k in row})
 
             if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-                accelerator.wait_for_everyone()
-                if accelerator.is_main_process:
-                    _save_checkpoint(accelerator, cfg, step + 1, history)
+                _save_checkpoint(accelerator, cfg, step + 1, history)
             for callback in callbacks:
                 callback(step + 1, row)
     except StopTraining:
         pass
     finally:
         progress.close()
-    return TrainResult(accelerator.unwrap_model(model), history)
+    return TrainResult(policy, history)
 

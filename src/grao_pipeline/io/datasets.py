@@ -35,7 +35,7 @@ class HFModelDataset(AbstractDataset[ModelAndTokenizer, ModelAndTokenizer]):
         self.metadata = metadata
 
     def _is_local(self) -> bool:
-        return Path(self._path).exists() or self._path.startswith((".", "/", "data"))
+        return Path(self._path).exists() or self._path.startswith((".", "/", "data/"))
 
     def load(self) -> ModelAndTokenizer:
         if self._is_local() and not (Path(self._path) / "config.json").is_file():

@@ -1,26 +1,74 @@
-"""What every training node does around the core loop: check the prompts fit, train,
-and turn the log into a table and a figure for the catalog."""
+"""Training nodes for any registered method, generated from the method registry.
+
+``kedro run --pipelines <name>`` trains method ``name`` from the SFT warm start and
+writes ``<name>_model``, ``<name>_training_log`` and ``<name>_training_curves``. Each
+node function carries a real signature whose ``params:`` arguments are typed with the
+method's config classes, so Kedro validates them before any node runs.
+"""
 
 from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
 
 import datasets
 import matplotlib.pyplot as plt
 import pandas as pd
+from kedro.pipeline import Pipeline, node, pipeline
 
-from grao_pipeline.alignment.config import TrainConfig
-from grao_pipeline.alignment.models import ModelAndTokenizer, context_length
-from grao_pipeline.alignment.rollout import check_prompt_lengths
-from grao_pipeline.alignment.trainer import Method, train
+from grao_pipeline.alignment.config import RewardConfig
+from grao_pipeline.alignment.methods import parameter_sections, train_method, uses_reward
+from grao_pipeline.alignment.models import ModelAndTokenizer
+from grao_pipeline.alignment.rewards import CompositeReward
 from grao_pipeline.plots import training_curves
 
 
-def fit_policy(policy: ModelAndTokenizer, method: Method, train_set: datasets.Dataset,
-               params: TrainConfig, title: str) -> tuple[ModelAndTokenizer, pd.DataFrame, plt.Figure]:
-    """Train ``policy`` with ``method``; return it, the per-step log and its curves."""
-    model, tokenizer = policy
-    rows = train_set.to_list()
-    check_prompt_lengths(tokenizer, [r["prompt"] for r in rows], params.max_prompt_tokens,
-                         params.max_completion_tokens, context_length(model))
-    result = train(model, method, rows, params)
-    log = pd.DataFrame(result.log)
-    return ModelAndTokenizer(result.model, tokenizer), log, training_curves(log, title)
+def typed_function(fn: Callable, name: str, arguments: list[tuple[str, type]]) -> Callable:
+    """``fn(*args)`` under ``name`` with the positional signature ``arguments``, so Kedro
+    can map node inputs to typed arguments and validate ``params:`` inputs."""
+
+    def wrapper(*args):
+        return fn(*args)
+
+    wrapper.__name__ = wrapper.__qualname__ = name
+    wrapper.__signature__ = inspect.Signature(
+        [inspect.Parameter(a, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=t)
+         for a, t in arguments])
+    wrapper.__annotations__ = dict(arguments)
+    return wrapper
+
+
+def method_inputs(name: str) -> list[tuple[str, str, type]]:
+    """(argument, catalog entry, type) of every parameters input method ``name`` reads."""
+    inputs = [(f"{section}_params", f"params:{section}", cls)
+              for section, cls in parameter_sections(name).items()]
+    if uses_reward(name):
+        inputs.append(("reward_params", "params:rewards", RewardConfig))
+    return inputs
+
+
+def fit(name: str, start_model: ModelAndTokenizer, train_set: datasets.Dataset, params: list,
+        **train_args) -> tuple[ModelAndTokenizer, pd.DataFrame, plt.Figure]:
+    """Train ``start_model`` in place with method ``name``; ``params`` in the order of
+    ``method_inputs``. Returns the policy, its step log and its training curves."""
+    sections = dict(zip(parameter_sections(name), params, strict=False))
+    reward = CompositeReward(params[-1]) if uses_reward(name) else None
+    policy, log, title = train_method(name, start_model, train_set.to_list(), sections, reward,
+                                      **train_args)
+    steps = pd.DataFrame(log)
+    return policy, steps, training_curves(steps, title)
+
+
+def method_pipeline(name: str, start: str = "sft_model") -> Pipeline:
+    """One node: train ``name`` from ``start``."""
+    inputs = method_inputs(name)
+
+    def train(start_model, train_set, *params):
+        return fit(name, start_model, train_set, list(params))
+
+    func = typed_function(train, f"train_{name}", [
+        ("start_model", ModelAndTokenizer), ("train_set", datasets.Dataset),
+        *[(arg, cls) for arg, _, cls in inputs]])
+    return pipeline([node(func, [start, "train_set", *[entry for _, entry, _ in inputs]],
+                          [f"{name}_model", f"{name}_training_log", f"{name}_training_curves"],
+                          name=f"train_{name}")])

@@ -7,8 +7,6 @@ from the same number of samples; SFT generates nothing and sees as many referenc
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
 
 import datasets
@@ -16,136 +14,79 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from grao_pipeline.alignment.config import (
-    CompareConfig,
-    DPOConfig,
-    EvalConfig,
-    GRAOConfig,
-    GRPOConfig,
-    PPOConfig,
-    RewardConfig,
-    SFTConfig,
-)
+from grao_pipeline.alignment.config import CompareConfig, EvalConfig, RewardConfig, TrainConfig
 from grao_pipeline.alignment.evaluation import answer_prompts, score_answers
+from grao_pipeline.alignment.methods import phase_specs
 from grao_pipeline.alignment.metrics import (
     per_prompt_metrics,
     steps_to_reach,
     two_level_bootstrap_ci,
 )
 from grao_pipeline.alignment.models import ModelAndTokenizer
-from grao_pipeline.pipelines.grao.nodes import train_grao
-from grao_pipeline.pipelines.methods.nodes import (
-    make_preference_pairs,
-    train_dpo,
-    train_grao_ablation,
-    train_grpo,
-    train_ppo,
-    train_sft_continued,
-)
+from grao_pipeline.pipelines.training import fit
 from grao_pipeline.plots import compare_grao_shares, compare_reward_curves
 
 log = logging.getLogger(__name__)
 
-TABLE_METRICS = ("ras", "win_vs_reference", "tie_vs_reference", "loss_vs_reference", "nag",
-                 "net_win_vs_start", "mean_reward", "kl_from_start", "response_length")
+TABLE_METRICS = ("ras", "tie_vs_reference", "loss_vs_reference", "nag", "net_win_vs_start",
+                 "mean_reward", "kl_from_start", "response_length")
 
-
-@dataclasses.dataclass
-class _Configs:
-    grao: GRAOConfig
-    grpo: GRPOConfig
-    ppo: PPOConfig
-    dpo: DPOConfig
-    sft_continued: SFTConfig
-    ablations: dict
-    rewards: RewardConfig
-
-
-# What GRAO and the on-policy baselines must share for a fair comparison.
+# What the on-policy methods must share for a fair comparison.
 SHARED_ROLLOUT = ("steps", "prompts_per_step", "num_generations", "temperature",
                   "max_completion_tokens", "max_prompt_tokens", "learning_rate")
+# Comparison runs neither write checkpoints nor touch the ones a method's own pipeline
+# left for resuming.
+NO_CHECKPOINTS = {"checkpoint_dir": None, "checkpoint_every": 0, "resume": False}
 
 
-def check_budgets(cfgs: _Configs, methods: list[str]) -> int:
-    """The generated-sample budget every method gets; refuses an on-policy baseline
-    whose rollout settings differ from GRAO's, naming the fields."""
-    for name in ("grpo", "ppo"):
-        if name in methods or (name == "grpo" and "sft_grpo" in methods):
-            other = getattr(cfgs, name)
-            differ = [f"{f}: grao {getattr(cfgs.grao, f)} vs {name} {getattr(other, f)}"
-                      for f in SHARED_ROLLOUT if getattr(cfgs.grao, f) != getattr(other, f)]
-            if differ:
-                raise ValueError(f"{name} and GRAO must share their rollout settings for a fair "
-                                 f"comparison; they differ in {'; '.join(differ)}")
-    return cfgs.grao.steps * cfgs.grao.prompts_per_step * cfgs.grao.num_generations
+def rollout_budget(methods: list[str], sections: dict[str, TrainConfig]) -> int:
+    """The generated-sample budget every method gets: steps × prompts × G of the
+    on-policy methods, which must all share their rollout settings (GRAO's, where GRAO
+    is compared); a mismatch is refused, naming the fields. 0 if none is on-policy."""
+    on_policy = [(spec, spec.config(sections[spec.section]))
+                 for name in methods for spec in phase_specs(name) if spec.on_policy]
+    if not on_policy:
+        return 0
+    anchor_spec, anchor = next(((s, c) for s, c in on_policy if s.name == "grao"), on_policy[0])
+    for spec, cfg in on_policy:
+        differ = [f"{f}: {anchor_spec.name} {getattr(anchor, f)} vs {spec.name} {getattr(cfg, f)}"
+                  for f in SHARED_ROLLOUT if getattr(anchor, f) != getattr(cfg, f)]
+        if differ:
+            raise ValueError(f"{spec.name} and {anchor_spec.name} must share their rollout "
+                             f"settings for a fair comparison; they differ in {'; '.join(differ)}")
+    return anchor.steps * anchor.prompts_per_step * anchor.num_generations
 
 
-def _train(name: str, start: ModelAndTokenizer, train_set: datasets.Dataset, cfgs: _Configs,
-           seed: int, budget: int) -> tuple[ModelAndTokenizer, pd.DataFrame]:
-    """Train one method from a fresh copy of ``start``; return it and its step log with
-    the cumulative generated samples."""
-    def seeded(cfg):
-        # No checkpoint_dir: comparison runs neither write checkpoints nor touch the
-        # ones a method's own pipeline left for resuming.
-        return dataclasses.replace(cfg, seed=seed, checkpoint_dir=None, checkpoint_every=0,
-                                   resume=False)
-
-    policy = ModelAndTokenizer(copy.deepcopy(start.model), start.tokenizer)
-    rewards = cfgs.rewards
-    if name == "grao":
-        trained = train_grao(policy, train_set, seeded(cfgs.grao), rewards)
-    elif name in cfgs.ablations:
-        trained = train_grao_ablation(policy, train_set, seeded(cfgs.grao), cfgs.ablations[name], rewards)
-    elif name == "grpo":
-        trained = train_grpo(policy, train_set, seeded(cfgs.grpo), rewards)
-    elif name == "ppo":
-        trained = train_ppo(policy, train_set, seeded(cfgs.ppo), rewards)
-    elif name == "sft_continued":
-        trained = train_sft_continued(policy, train_set, seeded(cfgs.sft_continued))
-    elif name == "sft_grpo":
-        sft_phase, _, fig = train_sft_continued(policy, train_set, seeded(cfgs.sft_continued))
-        plt.close(fig)
-        trained = train_grpo(sft_phase, train_set, seeded(cfgs.grpo), rewards)
-    elif name == "dpo":
-        dpo_cfg = seeded(dataclasses.replace(
-            cfgs.dpo, synthetic_prompts=max(1, budget // cfgs.dpo.candidates_per_prompt)))
-        pairs, report = make_preference_pairs(policy, train_set, dpo_cfg, rewards)
-        log.info("compare: dpo pairs %s", report)
-        trained = train_dpo(policy, pairs, dpo_cfg)
-    else:
-        raise ValueError(f"unknown method {name!r}")
-    model, steps, fig = trained
+def train_run(name: str, seed: int, start_model: ModelAndTokenizer, train_set: datasets.Dataset,
+              budget: int, params: list) -> tuple[ModelAndTokenizer, pd.DataFrame]:
+    """One (method, seed) run from the warm start; its step log gains ``method``, ``seed``
+    and the cumulative ``generated_samples``."""
+    policy, steps, fig = fit(name, start_model, train_set, params,
+                             changes={"seed": seed, **NO_CHECKPOINTS}, budget=budget or None)
     plt.close(fig)
-    samples = steps["samples"].cumsum() if "samples" in steps else pd.Series(0, index=steps.index)
-    return model, steps.assign(method=name, seed=seed, generated_samples=samples)
+    samples = steps["samples"].fillna(0).cumsum() if "samples" in steps else 0
+    return policy, steps.assign(method=name, seed=seed, generated_samples=samples)
 
 
-def run_comparison(start_model: ModelAndTokenizer, train_set: datasets.Dataset,
-                   test_set: datasets.Dataset, params: CompareConfig, grao: GRAOConfig,
-                   grpo: GRPOConfig, ppo: PPOConfig, dpo: DPOConfig, sft_continued: SFTConfig,
-                   grao_ablations: dict, rewards: RewardConfig, evaluation: EvalConfig
-                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train and evaluate every (method, seed); returns scored answers and step logs."""
-    cfgs = _Configs(grao, grpo, ppo, dpo, sft_continued, grao_ablations, rewards)
-    budget = check_budgets(cfgs, params.methods)
-    start_answers = answer_prompts(start_model, test_set, evaluation)
-    scored, logs = [], []
-    for seed in params.seeds:
-        for name in params.methods:
-            log.info("compare: %s, seed %d", name, seed)
-            model, steps = _train(name, start_model, train_set, cfgs, seed, budget)
-            answers = answer_prompts(model, test_set, evaluation, start_policy=start_model)
-            scored.append(score_answers(answers, rewards, name, start_answers).assign(seed=seed))
-            logs.append(steps)
-    return pd.concat(scored, ignore_index=True), pd.concat(logs, ignore_index=True)
+def evaluate_run(name: str, seed: int, policy: ModelAndTokenizer, test_set: datasets.Dataset,
+                 params: EvalConfig, start_model: ModelAndTokenizer, start_answers: pd.DataFrame,
+                 reward_params: RewardConfig) -> pd.DataFrame:
+    """Answer and score the held-out prompts like the evaluation pipeline does."""
+    answers = answer_prompts(policy, test_set, params, start_policy=start_model)
+    return score_answers(answers, reward_params, name, start_answers).assign(seed=seed)
 
 
-def summarise_comparison(scored: pd.DataFrame, logs: pd.DataFrame, params: CompareConfig
-                         ) -> tuple[pd.DataFrame, str, plt.Figure, plt.Figure, dict[str, pd.DataFrame]]:
-    """The paper-style table (CSV rows and Markdown), the two figures, and the
-    completions split per method."""
+def summarise_comparison(params: CompareConfig, *runs: pd.DataFrame
+                         ) -> tuple[pd.DataFrame, str, plt.Figure, plt.Figure, dict[str, pd.DataFrame],
+                                    pd.DataFrame]:
+    """Read every run's outputs (``runs``: all scored frames, then all step logs, in
+    the same order) and make the paper-style table (CSV rows and Markdown), the two
+    figures, the completions split per method, and all step logs in one table."""
+    scored = pd.concat(runs[:len(runs) // 2], ignore_index=True)
+    logs = pd.concat(runs[len(runs) // 2:], ignore_index=True)
+    methods = list(dict.fromkeys(scored["model"]))
     rows = []
-    for name in params.methods:
+    for name in methods:
         df = scored[scored["model"] == name].sort_values(["seed", "prompt"])
         seeds = sorted(df["seed"].unique())
         per_seed = [per_prompt_metrics(d["reward"], d["verdict_vs_reference"], d["verdict_vs_start"],
@@ -157,16 +98,20 @@ def summarise_comparison(scored: pd.DataFrame, logs: pd.DataFrame, params: Compa
             rows.append({"method": name, "metric": metric, **ci})
         method_logs = logs[logs["method"] == name]
         if "reward/mean" in method_logs and method_logs["reward/mean"].notna().any():
-            reach = [steps_to_reach(method_logs[method_logs["seed"] == s]["reward/mean"],
-                                    params.reach_fraction, params.smoothing_window) for s in seeds]
-            rows.append({"method": name, "metric": f"steps_to_{round(params.reach_fraction * 100)}pct_reward",
-                         "value": float(np.mean(reach)), "ci_low": float(min(reach)),
-                         "ci_high": float(max(reach))})
+            reach = np.array([steps_to_reach(method_logs[method_logs["seed"] == s]["reward/mean"].dropna(),
+                                             params.reach_fraction, params.smoothing_window)
+                              for s in seeds], dtype=float)
+            gained = reach[~np.isnan(reach)]
+            rows.append({"method": name,
+                         "metric": f"steps_to_{round(params.reach_fraction * 100)}pct_reward",
+                         "value": float(gained.mean()) if gained.size else float("nan"),
+                         "ci_low": float(gained.min()) if gained.size else float("nan"),
+                         "ci_high": float(gained.max()) if gained.size else float("nan")})
     table = pd.DataFrame(rows, columns=["method", "metric", "value", "ci_low", "ci_high"])
-    completions = {name: scored[scored["model"] == name].reset_index(drop=True)
-                   for name in params.methods}
-    return (table, markdown_table(table, len(params.seeds)), compare_reward_curves(logs),
-            compare_grao_shares(logs), completions)
+    completions = {name: scored[scored["model"] == name].reset_index(drop=True) for name in methods}
+    n_seeds = scored.groupby("model")["seed"].nunique().max()
+    return (table, markdown_table(table, int(n_seeds)), compare_reward_curves(logs),
+            compare_grao_shares(logs), completions, logs)
 
 
 def markdown_table(table: pd.DataFrame, n_seeds: int) -> str:
@@ -174,9 +119,10 @@ def markdown_table(table: pd.DataFrame, n_seeds: int) -> str:
     metrics = list(dict.fromkeys(table["metric"]))
     lines = ["| method | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for name, group in table.groupby("method", sort=False):
-        cells = {r.metric: f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in group.itertuples()}
+        cells = {r.metric: "no gain" if np.isnan(r.value) else
+                 f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in group.itertuples()}
         lines.append(f"| {name} | " + " | ".join(cells.get(m, "–") for m in metrics) + " |")
     note = (f"\nValues are means over {n_seeds} seed(s) × held-out prompts with 95% two-level "
             "bootstrap intervals (seeds, then prompts); steps-to-reward shows the mean and the "
-            "range over seeds.\n")
+            "range over the seeds whose training reward rose (\"no gain\": none did).\n")
     return "\n".join(lines) + "\n" + note

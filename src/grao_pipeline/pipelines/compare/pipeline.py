@@ -1,16 +1,93 @@
+"""``compare``: one namespaced modular pipeline per (method, seed), generated from the
+method registry and ``compare.methods`` × ``compare.seeds``.
+
+    compare.budget               the shared generated-sample budget (checked)
+    compare.start_answers        the warm start's answers to the test prompts
+    compare.<method>.seed_<k>    train -> model (memory) -> evaluate -> scored
+    summarise_comparison         reads only the per-run outputs
+
+Each run's ``scored`` and ``training_log`` are persisted through dataset factories
+(conf/base/catalog.yml), so ``kedro run --pipelines compare --only-missing-outputs``
+after an interruption trains only the runs that had not finished, and
+``--namespaces compare.grpo.seed_1`` reruns one alone.
+"""
+
+from __future__ import annotations
+
+import datasets
+import pandas as pd
 from kedro.pipeline import Pipeline, node, pipeline
 
-from .nodes import run_comparison, summarise_comparison
+from grao_pipeline.alignment.config import CompareConfig, EvalConfig, RewardConfig
+from grao_pipeline.alignment.evaluation import answer_prompts
+from grao_pipeline.alignment.methods import parameter_sections
+from grao_pipeline.alignment.models import ModelAndTokenizer
+from grao_pipeline.pipelines.training import method_inputs, typed_function
+
+from .nodes import evaluate_run, rollout_budget, summarise_comparison, train_run
+
+SHARED = {"sft_model", "train_set", "test_set", "compare_budget", "compare_start_answers"}
 
 
-def create_pipeline(**kwargs) -> Pipeline:
-    return pipeline([
-        node(run_comparison,
-             ["sft_model", "train_set", "test_set", "params:compare", "params:grao", "params:grpo",
-              "params:ppo", "params:dpo", "params:sft_continued", "params:grao_ablations",
-              "params:rewards", "params:evaluation"],
-             ["compare_scored", "compare_training_logs"], name="run_comparison"),
-        node(summarise_comparison, ["compare_scored", "compare_training_logs", "params:compare"],
-             ["compare_table", "compare_table_md", "compare_reward_curves", "compare_grao_shares",
-              "compare_completions"], name="summarise_comparison"),
+def run_namespace(method: str, seed: int) -> str:
+    return f"compare.{method}.seed_{seed}"
+
+
+def _budget_pipeline(methods: list[str]) -> Pipeline:
+    sections = {s: cls for m in methods for s, cls in parameter_sections(m).items()}
+
+    def check(*params):
+        return rollout_budget(methods, dict(zip(sections, params, strict=True)))
+
+    func = typed_function(check, "check_budgets", [(f"{s}_params", cls) for s, cls in sections.items()])
+    return pipeline([node(func, [f"params:{s}" for s in sections], "compare_budget",
+                          name="check_budgets")])
+
+
+def _run_pipeline(method: str, seed: int) -> Pipeline:
+    inputs = method_inputs(method)
+
+    def train(start_model, train_set, budget, *params):
+        return train_run(method, seed, start_model, train_set, budget, list(params))
+
+    def evaluate(policy, test_set, params, start_model, start_answers, reward_params):
+        return evaluate_run(method, seed, policy, test_set, params, start_model, start_answers,
+                            reward_params)
+
+    train_func = typed_function(train, f"train_{method}", [
+        ("start_model", ModelAndTokenizer), ("train_set", datasets.Dataset), ("budget", int),
+        *[(arg, cls) for arg, _, cls in inputs]])
+    evaluate_func = typed_function(evaluate, f"evaluate_{method}", [
+        ("policy", ModelAndTokenizer), ("test_set", datasets.Dataset), ("params", EvalConfig),
+        ("start_model", ModelAndTokenizer), ("start_answers", pd.DataFrame),
+        ("reward_params", RewardConfig)])
+    template = pipeline([
+        node(train_func, ["sft_model", "train_set", "compare_budget", *[e for _, e, _ in inputs]],
+             ["model", "training_log"], name="train"),
+        node(evaluate_func, ["model", "test_set", "params:evaluation", "sft_model",
+                             "compare_start_answers", "params:rewards"], "scored", name="evaluate"),
     ])
+    return pipeline(template, namespace=run_namespace(method, seed), inputs=SHARED,
+                    parameters={e for _, e, _ in inputs} | {"params:evaluation", "params:rewards"})
+
+
+def create_pipeline(settings: CompareConfig) -> Pipeline:
+    runs = [(m, s) for m in settings.methods for s in settings.seeds]
+
+    def summarise(params, *frames):
+        return summarise_comparison(params, *frames)
+
+    summary = typed_function(summarise, "summarise_comparison",
+                             [("params", CompareConfig), *[(f"run_{i}", pd.DataFrame)
+                                                           for i in range(2 * len(runs))]])
+    shared = pipeline([
+        node(answer_prompts, ["sft_model", "test_set", "params:evaluation"],
+             "compare_start_answers", name="answer_start"),
+        node(summary, ["params:compare",
+                       *[f"{run_namespace(m, s)}.scored" for m, s in runs],
+                       *[f"{run_namespace(m, s)}.training_log" for m, s in runs]],
+             ["compare_table", "compare_table_md", "compare_reward_curves", "compare_grao_shares",
+              "compare_completions", "compare_training_logs"], name="summarise_comparison"),
+    ])
+    return sum((_run_pipeline(m, s) for m, s in runs), _budget_pipeline(settings.methods) + shared)
+

@@ -18,14 +18,21 @@ from grao_pipeline.alignment.config import DataConfig
 log = logging.getLogger(__name__)
 
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+# Columns the formats read; any other key of data_processing.columns is kept as is.
+STRUCTURAL = ("prompt", "reference", "rejected", "chosen", "turns")
 
 
 def _mapped(params: DataConfig, name: str) -> str:
     return params.columns.get(name, name)
 
 
+def _extras(params: DataConfig) -> dict[str, str]:
+    """Extra columns to keep: our name -> raw column."""
+    return {k: v for k, v in params.columns.items() if k not in STRUCTURAL}
+
+
 def _require_columns(raw: datasets.Dataset, params: DataConfig, names: list[str]) -> None:
-    for name in names:
+    for name in [*names, *_extras(params)]:
         column = _mapped(params, name)
         if column not in raw.column_names:
             raise KeyError(f"column {column!r} (for {name!r}) not in the raw dataset; "
@@ -46,17 +53,18 @@ def split_hh_transcript(transcript: str) -> tuple[str, str]:
     return prompt.strip(), answer.strip()
 
 
-def _chitchat_pairs(raw: datasets.Dataset, bad: Counter) -> list[dict]:
+def _chitchat_pairs(raw: datasets.Dataset, params: DataConfig, bad: Counter) -> list[dict]:
     rows = []
     for conv in raw:
-        turns = conv["turns"]
+        turns = conv[_mapped(params, "turns")]
         for turn, reply in zip(turns, turns[1:], strict=False):
             if not turn["text"].strip().endswith("?"):
                 continue
             if turn["sender"] == reply["sender"]:
                 bad["same_sender_reply"] += 1
                 continue
-            rows.append({"prompt": turn["text"], "reference": reply["text"]})
+            rows.append({"prompt": turn["text"], "reference": reply["text"],
+                         **{k: conv[v] for k, v in _extras(params).items()}})
     return rows
 
 
@@ -77,7 +85,8 @@ def _hh_pairs(raw: datasets.Dataset, params: DataConfig, bad: Counter) -> list[d
         if rejected_prompt != prompt:
             bad["rejected_prompt_mismatch"] += 1
             continue
-        rows.append({"prompt": prompt, "reference": reference, "rejected": rejected_answer})
+        rows.append({"prompt": prompt, "reference": reference, "rejected": rejected_answer,
+                     **{k: row[v] for k, v in _extras(params).items()}})
     return rows
 
 
@@ -89,7 +98,7 @@ def _column_pairs(raw: datasets.Dataset, params: DataConfig, bad: Counter) -> li
         if not all(isinstance(v, str) for v in values.values()):
             bad["wrong_type"] += 1
             continue
-        rows.append(values)
+        rows.append({**values, **{k: row[v] for k, v in _extras(params).items()}})
     return rows
 
 
@@ -99,7 +108,7 @@ def extract_pairs(raw: datasets.Dataset, params: DataConfig) -> tuple[list[dict]
     bad: Counter = Counter()
     if params.format == "chitchat":
         _require_columns(raw, params, ["turns"])
-        rows = _chitchat_pairs(raw, bad)
+        rows = _chitchat_pairs(raw, params, bad)
     elif params.format == "hh_rlhf":
         _require_columns(raw, params, ["chosen", "rejected"])
         rows = _hh_pairs(raw, params, bad)
@@ -133,7 +142,7 @@ def clean_and_filter(rows: list[dict], extract_report: dict,
     seen: set[str] = set()
     kept = []
     for row in rows:
-        row = {k: _clean(v) for k, v in row.items()}
+        row = {k: _clean(v) if isinstance(v, str) else v for k, v in row.items()}
         answers = [row["reference"]] + ([row["rejected"]] if "rejected" in row else [])
         if min(len(row["prompt"]), *map(len, answers)) < params.min_chars:
             dropped["too_short"] += 1

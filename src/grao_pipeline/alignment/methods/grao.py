@@ -1,0 +1,109 @@
+"""GRAO (../shared/GRAO.md §2) and its three ablations.
+
+A step: sample G completions per prompt, score them and the reference y with the same
+reward, group-relative advantages over {o_1..o_G, y}, then the three-term loss of
+``losses.grao_loss`` on one forward over samples and y together. One optimiser step
+per rollout by default (on-policy, no ratio); the k3 KL to the start policy and a
+clipped ratio over several epochs are optional and off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from grao_pipeline.alignment.advantages import group_advantages
+from grao_pipeline.alignment.config import GRAOConfig
+from grao_pipeline.alignment.losses import grao_loss, k3_kl
+from grao_pipeline.alignment.methods.common import RolloutMethod, member_logps, pad_to
+from grao_pipeline.alignment.methods.registry import MethodSpec, register_method
+from grao_pipeline.alignment.rewards import RewardFn
+from grao_pipeline.alignment.rollout import encode_completions
+
+
+@dataclass
+class GroupBatch:
+    """A GRAO rollout batch; B prompts, G samples, the reference y as member G.
+
+    ``prompt_ids``, ``prompt_mask``: [B, P]
+    ``completion_ids``, ``completion_mask``: [B, G+1, C] (index G is y)
+    ``advantages``: [B, G]; ``reference_advantages``: [B]
+    ``old_logps``: [B, G, C] rollout-time log-probs (only for several epochs per rollout)
+    ``start_logps``: [B, G, C] log-probs under the frozen start policy (only with KL)
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    advantages: torch.Tensor
+    reference_advantages: torch.Tensor
+    old_logps: torch.Tensor | None = None
+    start_logps: torch.Tensor | None = None
+
+
+class GRAOMethod(RolloutMethod):
+    """GRAO: imitate y when the samples score worse, explore, transcend y when they beat it."""
+
+    name = "grao"
+
+    def __init__(self, tokenizer, reward: RewardFn, cfg: GRAOConfig):
+        super().__init__(tokenizer, reward, cfg)
+        self.needs_start_policy = cfg.kl_coef > 0
+
+    def prepare(self, model, rows: list[dict]) -> tuple[GroupBatch, dict]:
+        cfg, tok = self.cfg, self.tokenizer
+        g = cfg.num_generations
+        rollout = self.rollout(rows)
+        adv = group_advantages(rollout.sample_rewards, rollout.reference_rewards,
+                               cfg.include_reference_in_group, cfg.adv_eps)
+        reference_ids, reference_mask = encode_completions(
+            tok, [r["reference"] for r in rows], cfg.max_completion_tokens, tok.eos_token_id)
+        width = max(rollout.sample_ids.shape[-1], reference_ids.shape[1])
+        completion_ids = torch.cat([pad_to(rollout.sample_ids, width, tok.pad_token_id),
+                                    pad_to(reference_ids, width, tok.pad_token_id).unsqueeze(1)], dim=1)
+        completion_mask = torch.cat([pad_to(rollout.sample_mask, width, 0),
+                                     pad_to(reference_mask, width, 0).unsqueeze(1)], dim=1)
+        batch = GroupBatch(rollout.encoded.ids, rollout.encoded.mask, completion_ids,
+                           completion_mask, adv.samples, adv.reference)
+        with torch.no_grad():
+            args = (batch.prompt_ids, batch.prompt_mask, completion_ids[:, :g], completion_mask[:, :g])
+            if cfg.epochs_per_rollout > 1:
+                batch.old_logps = member_logps(model, *args)
+            if self.start_policy is not None:
+                batch.start_logps = member_logps(self.start_policy, *args)
+        metrics = {**rollout.metrics, "frac_reward_zero_std": adv.frac_reward_zero_std,
+                   "frac_reference_advantage_negative": float((adv.reference < 0).float().mean()),
+                   "tokens": int(completion_mask.sum())}
+        return batch, metrics
+
+    def loss(self, model, batch: GroupBatch) -> tuple[torch.Tensor, dict]:
+        g = self.cfg.num_generations
+        logps = member_logps(model, batch.prompt_ids, batch.prompt_mask,
+                             batch.completion_ids, batch.completion_mask)
+        sample_logps = logps[:, :g]
+        kl = (k3_kl(sample_logps, batch.start_logps)
+              if batch.start_logps is not None else None)
+        return grao_loss(
+            sample_logps, batch.completion_mask[:, :g], logps[:, g], batch.completion_mask[:, g],
+            batch.advantages, batch.reference_advantages, beta=self.cfg.beta, lam=self.cfg.lam,
+            exploration=self.cfg.exploration, old_sample_logps=batch.old_logps,
+            clip_eps=self.cfg.clip_eps, kl_per_token=kl, kl_coef=self.cfg.kl_coef)
+
+
+def build_grao(tokenizer, reward: RewardFn, cfg: GRAOConfig, model) -> GRAOMethod:
+    return GRAOMethod(tokenizer, reward, cfg)
+
+
+def _title(cfg: GRAOConfig) -> str:
+    return f"GRAO (β={cfg.beta}, λ={cfg.lam}, G={cfg.num_generations}, exploration={cfg.exploration})"
+
+
+register_method(MethodSpec("grao", GRAOConfig, build_grao, title=_title))
+# The paper's Table 3 ablations: GRAO's own parameters with one term switched off.
+for _name, _change in (("grao_no_imitation", {"beta": 0.0}),
+                       ("grao_no_regulariser", {"lam": 0.0}),
+                       ("grao_no_exploration", {"exploration": False})):
+    register_method(MethodSpec(_name, GRAOConfig, build_grao, params="grao", overrides=_change,
+                               title=_title))
