@@ -1,9 +1,14 @@
 """A Kedro session run of the whole default pipeline on a tiny model, offline."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from .conftest import TINY_RUN, kedro_run
 
@@ -44,3 +49,22 @@ def test_bad_parameter_is_refused_before_anything_runs(project):
     with pytest.raises(Exception, match="G must be >= 2"):
         kedro_run(project, ["grao"], bad)
     assert not (project / "data/06_models/grao").exists()
+
+
+@pytest.mark.slow
+def test_kedro_run_under_torchrun_saves_once_from_rank_zero(project):
+    kedro_run(project, ["data_processing", "sft"])
+    (project / "conf/local/parameters.yml").write_text(yaml.safe_dump(TINY_RUN))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "-m", "kedro", "run",
+                           "--pipelines", "grao"], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    log = pd.read_csv(project / "data/08_reporting/grao_training_log.csv")
+    assert list(log["step"]) == [1, 2]
+    assert (log["samples"] == 2 * 2).all()  # 2 prompts × G=2 over both ranks
+    assert (project / "data/06_models/grao/model.safetensors").is_file()
+    assert sorted(p.name for p in (project / "data/06_models/checkpoints/grao").iterdir()) == [
+        "step-000001", "step-000002"]
+    leftovers = [p.name for p in (project / "data/06_models").iterdir() if p.name.startswith(".")]
+    assert not leftovers
