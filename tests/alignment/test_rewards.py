@@ -62,3 +62,46 @@ def test_pairwise_judge_verdicts_with_tie_margin():
     judge = PairwiseJudge(lambda p, c, r, **k: [float(len(x)) for x in c], tie_margin=0.5)
     assert judge(["q"] * 3, ["abc", "a", "ab"], ["ab", "ab", "ab"]) == [1.0, -1.0, 0.0]
     assert torch.tensor(judge(["q"], ["same"], ["same"])).item() == 0.0  # R(y, y) = 0
+
+
+def test_a_reward_reading_a_dataset_column_in_training_and_evaluation(tiny):
+    """The ground truth ``answer`` reaches the reward, one value per scored completion,
+    in the rollout (samples and the reference y) and in evaluation; the (here wrong)
+    reference never stands in for it."""
+    import datasets
+
+    from grao_pipeline.alignment.config import EvalConfig, GRAOConfig
+    from grao_pipeline.alignment.evaluation import answer_prompts, score_answers
+    from grao_pipeline.alignment.methods import train_method
+
+    seen = []
+
+    def exact_answer(prompts, completions, references, answer, **columns):
+        assert len(answer) == len(completions) and "reference" not in columns
+        seen.append(list(answer))
+        return [float(c.strip() == a) + 0.01 * len(c) for c, a in zip(completions, answer, strict=True)]
+
+    register_reward("exact_answer_test", replace=True)(exact_answer)
+    rewards = RewardConfig(components={"exact_answer_test": {"weight": 1.0}})
+    rows = [{"prompt": f"What is {a} + {b}?", "reference": str(a + b + 1), "answer": str(a + b)}
+            for a, b in ((2, 3), (4, 4), (1, 6), (5, 2))]
+    cfg = GRAOConfig(steps=2, prompts_per_step=2, num_generations=3, max_completion_tokens=4,
+                     learning_rate=1e-3, mixed_precision="fp32", show_progress=False, temperature=1.0)
+    _, log, _ = train_method("grao", tiny, rows, {"grao": cfg}, CompositeReward(rewards))
+    assert len(log) == 2
+    by_prompt = {r["prompt"]: r["answer"] for r in rows}
+    sample_calls = [s for s in seen if len(s) == 6]
+    reference_calls = [s for s in seen if len(s) == 2]
+    assert len(sample_calls) == 2 and len(reference_calls) == 2
+    for call in sample_calls:  # G = 3 consecutive copies of each prompt's answer
+        assert call[0::3] == call[1::3] == call[2::3] and set(call) <= set(by_prompt.values())
+    # y is wrong by one, so its reward is its length bonus only: it never matched
+    assert all(row["reward/reference"] < 1.0 for row in log)
+
+    test_set = datasets.Dataset.from_list(rows)
+    answers = answer_prompts(tiny, test_set, EvalConfig(num_prompts=4, max_new_tokens=4,
+                                                        batch_size=4, max_prompt_tokens=64))
+    assert list(answers["answer"]) == [r["answer"] for r in rows]
+    scored = score_answers(answers, rewards, "tiny")
+    assert seen[-1] == [r["answer"] for r in rows]
+    assert (scored["reference_reward"] < 1.0).all()

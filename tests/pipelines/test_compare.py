@@ -3,6 +3,7 @@ model, then the notebook that reads its outputs; a toy method registered from th
 file runs through `kedro run` and `compare` without touching a project file; an
 interrupted comparison reruns only the runs it had not finished."""
 
+import json
 import os
 import signal
 import subprocess
@@ -184,3 +185,20 @@ def test_an_interrupted_comparison_reruns_only_the_unfinished_runs(project):
         assert (out / run / "scored.jsonl").stat().st_mtime_ns == mtime
     table = pd.read_csv(project / "data/08_reporting/compare_table.csv")
     assert set(table["method"]) == {"sft_continued", "grao"}
+
+
+@pytest.mark.slow
+def test_kedro_viz_shows_every_registered_run_as_its_own_namespace(project):
+    set_compare(project, EVERY_METHOD, [0, 1, 2])
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run([str(Path(sys.executable).parent / "kedro"), "viz", "build"], cwd=project,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    graph = json.loads((project / "build/api/pipelines/compare").read_text())
+    namespaces = set(graph["modular_pipelines"])
+    train_nodes = {n["full_name"] for n in graph["nodes"] if n["type"] == "task"}
+    for method in EVERY_METHOD:
+        for seed in (0, 1, 2):
+            assert f"compare.{method}.seed_{seed}" in namespaces
+            assert f"compare.{method}.seed_{seed}.train" in train_nodes
+    assert "summarise_comparison" in train_nodes

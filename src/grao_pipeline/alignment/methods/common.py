@@ -177,7 +177,6 @@ class RolloutMethod(BaseMethod):
     """
 
     name = "rollout"
-    needs_start_policy = False
 
     def __init__(self, tokenizer, reward: RewardFn, cfg: RolloutConfig):
         super().__init__()
@@ -186,6 +185,8 @@ class RolloutMethod(BaseMethod):
         self.cfg = cfg
         self.rows_per_step = cfg.prompts_per_step
         self.updates_per_batch = cfg.epochs_per_rollout
+        # The frozen start policy costs a model copy: kept only where a KL term uses it.
+        self.needs_start_policy = getattr(cfg, "kl_coef", 0.0) > 0
         self.sampler = None
         self.start_policy = None
         self.sample_fn: SampleFn = default_sample_fn

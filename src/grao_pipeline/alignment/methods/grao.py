@@ -48,10 +48,6 @@ class GRAOMethod(RolloutMethod):
 
     name = "grao"
 
-    def __init__(self, tokenizer, reward: RewardFn, cfg: GRAOConfig):
-        super().__init__(tokenizer, reward, cfg)
-        self.needs_start_policy = cfg.kl_coef > 0
-
     def prepare(self, model, rows: list[dict]) -> tuple[GroupBatch, dict]:
         cfg, tok = self.cfg, self.tokenizer
         g = cfg.num_generations

@@ -49,10 +49,6 @@ class GRPOMethod(RolloutMethod):
 
     name = "grpo"
 
-    def __init__(self, tokenizer, reward: RewardFn, cfg: GRPOConfig):
-        super().__init__(tokenizer, reward, cfg)
-        self.needs_start_policy = cfg.kl_coef > 0
-
     def prepare(self, model, rows: list[dict]) -> tuple[SampleBatch, dict]:
         cfg = self.cfg
         rollout = self.rollout(rows)

@@ -34,10 +34,10 @@ class PPOMethod(RolloutMethod):
     """PPO with the shared rollout."""
 
     name = "ppo"
-    needs_start_policy = True
 
     def __init__(self, tokenizer, reward: RewardFn, cfg: PPOConfig, hidden_size: int):
         super().__init__(tokenizer, reward, cfg)
+        self.needs_start_policy = True  # the KL in the reward, logged even at kl_coef 0
         self.extra_modules = [ValueHead(hidden_size)]
 
     def _logps_and_values(self, model, batch: SampleBatch):
