@@ -10,7 +10,7 @@ export KEDRO_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test repro lint viz clean
+.PHONY: setup run test repro lint viz compare clean
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +37,12 @@ repro: setup
 
 lint: setup
 	$(BIN)/python -m ruff check src tests
+
+# The comparison, resumable: trains only the (method, seed) runs whose outputs are
+# missing, then re-summarises every run's outputs. KEDRO_ARGS="--env cpu_compare" etc.
+compare: setup
+	$(BIN)/kedro run --pipelines compare --only-missing-outputs $(KEDRO_ARGS)
+	$(BIN)/kedro run --pipelines compare --nodes summarise_comparison $(KEDRO_ARGS)
 
 # kedro-viz on this machine only (127.0.0.1); every compare (method, seed) run is a node.
 viz: setup
