@@ -37,3 +37,10 @@ def test_gguf_import_gives_a_plain_trainable_savable_model(tmp_path):
     reloaded, _ = ds.load()
     ids = torch.tensor([[1, 504, 3459, 28]])
     assert torch.allclose(bundle.model(ids).logits, reloaded(ids).logits)
+
+
+def test_hub_ids_starting_with_data_are_not_taken_for_local_paths(tmp_path):
+    assert not HFModelDataset(path="databricks/dolly-v2-3b")._is_local()
+    assert not HFModelDataset(path="HuggingFaceTB/SmolLM2-360M-Instruct")._is_local()
+    assert HFModelDataset(path="data/06_models/sft")._is_local()
+    assert HFModelDataset(path=str(tmp_path))._is_local()

@@ -100,3 +100,21 @@ def test_repro_caches_and_reruns_only_what_changed(repo):
     shown = list(csv.DictReader(io.StringIO(sh(repo, "dvc", "exp", "show", "--no-pager", "--csv"))))
     (lam_column,) = [c for c in shown[0] if c.endswith("grao.lam")]
     assert sorted({float(r[lam_column]) for r in shown if r[lam_column]}) == [0.0, 0.6]
+
+
+@pytest.mark.parametrize("stage, module", [("sft", "grao_pipeline.pipelines.sft"),
+                                           ("grao", "grao_pipeline.pipelines.training"),
+                                           ("evaluation", "grao_pipeline.pipelines.evaluation")])
+def test_stages_depend_on_every_source_file_their_pipeline_imports(stage, module):
+    """A change in any module a stage's code imports must invalidate its cached outputs."""
+    code = ("import sys, " + module + "\n"
+            "print('\\n'.join(m.__file__ for m in list(sys.modules.values())\n"
+            "                 if (m.__name__ or '').startswith('grao_pipeline') and getattr(m, '__file__', None)))")
+    files = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True).stdout.split()
+    deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"]
+    uncovered = [f for f in (str(Path(f).relative_to(ROOT)) for f in files)
+                 if f.startswith("src/") and not any(f == d or f.startswith(d.rstrip("/") + "/")
+                                                     for d in deps)]
+    uncovered = [f for f in uncovered if (ROOT / f).stat().st_size > 0]  # empty package markers
+    assert not uncovered, f"dvc.yaml stage {stage!r} misses {uncovered}"
