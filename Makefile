@@ -10,7 +10,7 @@ export KEDRO_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test repro lint viz compare clean
+.PHONY: setup run test repro lint viz compare tune tune-worker dashboard clean
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -43,6 +43,16 @@ lint: setup
 compare: setup
 	$(BIN)/kedro run --pipelines compare --only-missing-outputs $(KEDRO_ARGS)
 	$(BIN)/kedro run --pipelines compare --nodes summarise_comparison $(KEDRO_ARGS)
+
+# Optuna: `make tune` runs (or resumes) the study in parameters_tuning.yml; each
+# `make tune-worker`, in another shell or on another machine, adds one worker to the
+# same study (use a journal: or PostgreSQL storage for several workers, not SQLite).
+tune tune-worker: setup
+	$(BIN)/kedro run --pipelines tuning $(KEDRO_ARGS)
+
+# optuna-dashboard on this machine only, over the default storage.
+dashboard: setup
+	$(BIN)/optuna-dashboard sqlite:///data/09_tuning/optuna.db --host 127.0.0.1 --port 8080
 
 # kedro-viz on this machine only (127.0.0.1); every compare (method, seed) run is a node.
 viz: setup

@@ -107,3 +107,59 @@ def compare_grao_shares(logs: pd.DataFrame) -> plt.Figure:
     ax.set_title("GRAO loss-term shares (mean over seeds)")
     fig.tight_layout()
     return fig
+
+
+def _figure_of(ax_or_axes) -> plt.Figure:
+    ax = ax_or_axes.flat[0] if hasattr(ax_or_axes, "flat") else ax_or_axes
+    return ax.figure
+
+
+def study_figures(study, params: list[str]) -> tuple[plt.Figure, ...]:
+    """Optuna's own matplotlib plots: optimisation history, parameter importances,
+    contour over the first two parameters, intermediate values. A plot the study cannot
+    support yet (e.g. importances from one trial) is a figure that says why."""
+    import warnings
+
+    import optuna.visualization.matplotlib as ovm
+
+    makers = [("optimisation history", lambda: ovm.plot_optimization_history(study)),
+              ("parameter importances", lambda: ovm.plot_param_importances(study)),
+              ("contour", lambda: ovm.plot_contour(study, params=params[:2])),
+              ("intermediate values", lambda: ovm.plot_intermediate_values(study))]
+    figures = []
+    for title, make in makers:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fig = _figure_of(make())
+            fig.set_size_inches(7, 4.5)
+        except (ValueError, RuntimeError, ZeroDivisionError) as err:
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            ax.text(0.5, 0.5, f"{title}: not available yet\n({err})", ha="center", va="center",
+                    wrap=True)
+            ax.set_axis_off()
+        fig.tight_layout()
+        figures.append(fig)
+    return tuple(figures)
+
+
+def sensitivity_heatmap(cells: pd.DataFrame, params, seed_std: float, cell_std: float) -> plt.Figure:
+    """Validation score per (β, λ) cell, annotated; the title sets the seed noise of the
+    centre cell beside the spread across cells."""
+    fig, ax = plt.subplots(figsize=(1.3 * len(cells.columns) + 3, 1.0 * len(cells.index) + 2))
+    image = ax.imshow(cells.to_numpy(), cmap="viridis", aspect="auto", origin="lower")
+    ax.set_xticks(range(len(cells.columns)), [f"{v:g}" for v in cells.columns])
+    ax.set_yticks(range(len(cells.index)), [f"{v:g}" for v in cells.index])
+    ax.set_xlabel("λ (alignment regulariser)")
+    ax.set_ylabel("β (imitation)")
+    for i, beta in enumerate(cells.index):
+        for j, lam in enumerate(cells.columns):
+            ax.text(j, i, f"{cells.loc[beta, lam]:.3f}", ha="center", va="center", color="white",
+                    fontsize=8)
+    centre = (list(cells.columns).index(params.centre["lam"]), list(cells.index).index(params.centre["beta"]))
+    ax.add_patch(plt.Rectangle((centre[0] - 0.5, centre[1] - 0.5), 1, 1, fill=False, ec="red", lw=2))
+    fig.colorbar(image, ax=ax, label=f"validation {params.objective}")
+    ax.set_title(f"GRAO sensitivity (red: paper's β, λ)\nseed std at centre {seed_std:.3f} vs "
+                 f"std across cells {cell_std:.3f}", fontsize=10)
+    fig.tight_layout()
+    return fig

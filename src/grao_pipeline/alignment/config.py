@@ -380,3 +380,120 @@ class CompareConfig:
         _require(0 < self.reach_fraction <= 1, self, "reach_fraction", "must be in (0, 1]")
         _require(self.smoothing_window >= 1, self, "smoothing_window", "must be >= 1")
         _require(self.bootstrap_resamples >= 100, self, "bootstrap_resamples", "must be >= 100")
+
+
+@dataclass
+class StudyConfig:
+    """What every Optuna study here shares: the method, the objective, the storage and
+    the budget of one trial (see alignment/tuning.py)."""
+
+    method: str = "grao"
+    """Registered method each trial trains from the SFT warm start."""
+    objective: Literal["mean_reward", "ras"] = "mean_reward"
+    """Validation score maximised: mean reward, or RAS (win rate against y)."""
+    study_name: str = "grao-beta-lambda"
+    """Name of the study in the storage; reusing it resumes the study."""
+    storage: str = "sqlite:///data/09_tuning/optuna.db"
+    """``sqlite:///<path>`` (one process), ``journal:<path>`` (several processes on one
+    machine: JournalFileBackend), any SQLAlchemy URL such as
+    ``postgresql+psycopg://user@host/db`` (several machines), or ``env:<VAR>`` to read
+    the URL from an environment variable (keeps passwords out of conf/base)."""
+    steps: int = 8
+    """Optimiser steps per trial (the trial's budget)."""
+    eval_prompts: int = 24
+    """Validation prompts scored per evaluation (never the test split)."""
+    heartbeat_interval: int = 10
+    """Seconds between a running trial's heartbeats (RDB storages only)."""
+    grace_period: int = 30
+    """A running trial with no heartbeat for this long is failed and retried."""
+    max_retry: int = 2
+    """Retries of a trial whose worker died."""
+
+    def __post_init__(self) -> None:
+        _require(self.objective in ("mean_reward", "ras"), self, "objective",
+                 "must be 'mean_reward' or 'ras'")
+        _require(bool(self.study_name), self, "study_name", "must be non-empty")
+        _require(self.storage.startswith(("sqlite:///", "journal:", "env:")) or "://" in self.storage,
+                 self, "storage", "must be sqlite:///<path>, journal:<path>, env:<VAR> or a "
+                 "SQLAlchemy URL")
+        _require(self.steps >= 1, self, "steps", "must be >= 1")
+        _require(self.eval_prompts >= 2, self, "eval_prompts", "must be >= 2")
+        _require(self.heartbeat_interval >= 1, self, "heartbeat_interval", "must be >= 1")
+        _require(self.grace_period > self.heartbeat_interval, self, "grace_period",
+                 "must exceed heartbeat_interval")
+        _require(self.max_retry >= 0, self, "max_retry", "must be >= 0")
+
+
+@dataclass
+class TuningConfig(StudyConfig):
+    """``kedro run --pipelines tuning``: a resumable, prunable study of β and λ."""
+
+    search_space: dict[str, dict] = field(default_factory=lambda: {
+        "beta": {"low": 0.0, "high": 2.0, "log": False},
+        "lam": {"low": 0.0, "high": 1.5, "log": False}})
+    """Config field -> ``{low, high, log}`` (float; ``int: true`` for integers such as
+    ``num_generations``) or ``{choices: [...]}``. Any field of the method's config:
+    ``learning_rate``, ``num_generations``, ``temperature``..."""
+    sampler: Literal["tpe", "random"] = "tpe"
+    """TPE (Optuna's default, seeded) or random search."""
+    sampler_seed: int = 0
+    """Seed of the sampler, so a study is reproducible."""
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    """Stops trials whose intermediate validation score is poor."""
+    pruner_startup_trials: int = 3
+    """MedianPruner: trials completed before any pruning."""
+    pruner_warmup_steps: int = 0
+    """MedianPruner: steps of a trial before it can be pruned."""
+    eval_every: int = 4
+    """Report an intermediate validation score to the pruner every k steps."""
+    n_trials: int = 12
+    """Finished trials (complete or pruned) the study stops at, over all workers."""
+    timeout: float | None = None
+    """Seconds this worker may run before it stops starting trials; None = no limit."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, space in self.search_space.items():
+            ok = isinstance(space, dict) and (
+                ("choices" in space and bool(space["choices"])) or
+                ({"low", "high"} <= set(space) and space["low"] < space["high"]))
+            if not ok:
+                raise ConfigError(f"TuningConfig.search_space.{name} = {space!r}: needs "
+                                  "{low, high (> low), log} or {choices: [...]}")
+            if space.get("log") and space.get("low", 1) <= 0:
+                raise ConfigError(f"TuningConfig.search_space.{name}: a log range needs low > 0")
+        _require(bool(self.search_space), self, "search_space", "needs at least one parameter")
+        _require(self.sampler in ("tpe", "random"), self, "sampler", "must be 'tpe' or 'random'")
+        _require(self.pruner in ("median", "hyperband", "none"), self, "pruner",
+                 "must be 'median', 'hyperband' or 'none'")
+        _require(self.pruner_startup_trials >= 0, self, "pruner_startup_trials", "must be >= 0")
+        _require(self.pruner_warmup_steps >= 0, self, "pruner_warmup_steps", "must be >= 0")
+        _require(self.eval_every >= 1, self, "eval_every", "must be >= 1")
+        _require(self.n_trials >= 1, self, "n_trials", "must be >= 1")
+        _require(self.timeout is None or self.timeout > 0, self, "timeout", "must be > 0 or null")
+
+
+@dataclass
+class SensitivityConfig(StudyConfig):
+    """``kedro run --pipelines sensitivity``: a grid over β × λ, the centre cell
+    repeated over seeds so the map shows its own noise."""
+
+    study_name: str = "grao-sensitivity"
+    """Name of the grid study in the storage; reusing it resumes the grid."""
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0])
+    """β values of the grid (0 = the no-imitation ablation)."""
+    lams: list[float] = field(default_factory=lambda: [0.0, 0.3, 0.6, 1.2])
+    """λ values of the grid (0 = the no-regulariser ablation)."""
+    centre: dict[str, float] = field(default_factory=lambda: {"beta": 0.5, "lam": 0.6})
+    """The cell repeated over seeds (the paper's values)."""
+    centre_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Training seeds of the centre cell; every other cell runs the first seed."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(len(self.betas) >= 1 and len(self.lams) >= 1, self, "betas",
+                 "betas and lams need a value each at least")
+        _require(self.centre.get("beta") in self.betas and self.centre.get("lam") in self.lams,
+                 self, "centre", "must be a cell of the grid")
+        _require(len(set(self.centre_seeds)) >= 2, self, "centre_seeds",
+                 "needs at least 2 distinct seeds to measure seed noise")

@@ -1,0 +1,210 @@
+"""Optuna studies of a method's hyperparameters (β and λ by default).
+
+A trial trains the registered method from a copy of the SFT warm start for a short
+budget and scores the policy on the **validation** split (never the test split), with
+greedy answers and the shared reward, exactly as evaluation scores the test split.
+Every ``eval_every`` steps the intermediate score goes to ``trial.report`` and the
+pruner may stop the trial.
+
+Storage follows Optuna's own guidance, chosen by the URL alone:
+- ``sqlite:///...``: one process; resumes with ``load_if_exists``;
+- ``journal:<path>``: several processes on one machine (``JournalFileBackend``);
+- any other SQLAlchemy URL (PostgreSQL): several machines.
+RDB storages (SQLite, PostgreSQL) run heartbeats: a trial whose worker died is failed
+after ``grace_period`` and retried (``RetryHeartbeatStaleTrialCallback``). Journal
+storage has no heartbeat, so a killed worker's trial stays RUNNING there.
+
+Workers share ``n_trials`` through ``MaxTrialsCallback``: each stops once the study as a
+whole has that many finished (complete or pruned) trials.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import optuna
+from optuna.storages import (
+    JournalStorage,
+    RDBStorage,
+    RetryHeartbeatStaleTrialCallback,
+)
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from grao_pipeline.alignment.config import (
+    EvalConfig,
+    RewardConfig,
+    SensitivityConfig,
+    StudyConfig,
+    TuningConfig,
+)
+from grao_pipeline.alignment.evaluation import answer_prompts, score_answers
+from grao_pipeline.alignment.methods import train_method
+from grao_pipeline.alignment.models import ModelAndTokenizer
+from grao_pipeline.alignment.rewards import CompositeReward
+
+log = logging.getLogger(__name__)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def storage_url(setting: str) -> str:
+    """``env:VAR`` -> the URL in that variable (refused, naming it, when unset)."""
+    if setting.startswith("env:"):
+        var = setting[len("env:"):]
+        if not os.environ.get(var):
+            raise KeyError(f"tuning storage: environment variable {var!r} is not set")
+        return os.environ[var]
+    return setting
+
+
+def make_storage(cfg: StudyConfig) -> optuna.storages.BaseStorage:
+    url = storage_url(cfg.storage)
+    if url.startswith("journal:"):
+        path = Path(url[len("journal:"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5, and documented
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(url, heartbeat_interval=cfg.heartbeat_interval,
+                          grace_period=cfg.grace_period,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(cfg.max_retry))
+
+
+def suggest(trial: optuna.Trial, search_space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The trial's values for each searched config field."""
+    values = {}
+    for name, space in search_space.items():
+        if "choices" in space:
+            values[name] = trial.suggest_categorical(name, list(space["choices"]))
+        elif space.get("int"):
+            values[name] = trial.suggest_int(name, int(space["low"]), int(space["high"]),
+                                             log=bool(space.get("log")))
+        else:
+            values[name] = trial.suggest_float(name, float(space["low"]), float(space["high"]),
+                                               log=bool(space.get("log")))
+    return values
+
+
+@dataclasses.dataclass
+class ValidationScore:
+    """The objective: a policy's mean reward (or RAS) on the first ``eval_prompts``
+    validation prompts, greedy, with the shared reward and judge."""
+
+    validation_set: datasets.Dataset
+    evaluation: EvalConfig
+    rewards: RewardConfig
+    objective: str
+
+    def __call__(self, policy: ModelAndTokenizer) -> float:
+        answers = answer_prompts(policy, self.validation_set, self.evaluation)
+        scored = score_answers(answers, self.rewards, "trial")
+        values = scored["reward"] if self.objective == "mean_reward" else scored["verdict_vs_reference"] > 0
+        return float(np.mean(values))
+
+
+def pruning_callback(trial: optuna.Trial, policy: ModelAndTokenizer, score: Callable,
+                     every: int, last_step: int) -> Callable[[int, dict], None]:
+    """Trainer callback: every ``every`` steps (before the last), report the validation
+    score and raise ``TrialPruned`` when the pruner says so."""
+
+    def report(step: int, row: dict) -> None:
+        if step % every or step >= last_step:
+            return
+        value = score(policy)
+        trial.report(value, step)
+        log.info("trial %d step %d: validation %.4f", trial.number, step, value)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"validation {value:.4f} at step {step}")
+
+    return report
+
+
+def trial_objective(cfg: StudyConfig, warm_start: ModelAndTokenizer, rows: list[dict],
+                    sections: Mapping[str, Any], score: ValidationScore,
+                    space: Callable[[optuna.Trial], dict[str, Any]], eval_every: int | None
+                    ) -> Callable[[optuna.Trial], float]:
+    """Optuna objective: train ``cfg.method`` from a fresh copy of the warm start with
+    the trial's values (``seed`` among them sets the training seed), return the score."""
+    reward = CompositeReward(score.rewards)
+
+    def objective(trial: optuna.Trial) -> float:
+        values = space(trial)
+        policy = ModelAndTokenizer(copy.deepcopy(warm_start.model), warm_start.tokenizer)
+        changes = {"steps": cfg.steps, "checkpoint_dir": None, "checkpoint_every": 0,
+                   "resume": False, "show_progress": False, **values}
+        callbacks = ([pruning_callback(trial, policy, score, eval_every, cfg.steps)]
+                     if eval_every else [])
+        _, history, _ = train_method(cfg.method, policy, rows, sections, reward, changes=changes,
+                                     callbacks=callbacks)
+        trial.set_user_attr("train_reward_last", history[-1].get("reward/mean"))
+        return score(policy)
+
+    return objective
+
+
+def open_study(cfg: StudyConfig, sampler: optuna.samplers.BaseSampler,
+               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    return optuna.create_study(study_name=cfg.study_name, storage=make_storage(cfg),
+                               sampler=sampler, pruner=pruner, direction="maximize",
+                               load_if_exists=True)
+
+
+def make_pruner(cfg: TuningConfig) -> optuna.pruners.BasePruner:
+    if cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials,
+                                           n_warmup_steps=cfg.pruner_warmup_steps)
+    if cfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=cfg.eval_every, max_resource=cfg.steps)
+    return optuna.pruners.NopPruner()
+
+
+def run_tuning(cfg: TuningConfig, warm_start: ModelAndTokenizer, rows: list[dict],
+               sections: Mapping[str, Any], score: ValidationScore) -> optuna.Study:
+    """Add trials to the study until it has ``n_trials`` finished ones (over every
+    worker) or ``timeout`` passes; resumes whatever the storage already holds."""
+    sampler = (optuna.samplers.TPESampler(seed=cfg.sampler_seed) if cfg.sampler == "tpe"
+               else optuna.samplers.RandomSampler(seed=cfg.sampler_seed))
+    study = open_study(cfg, sampler, make_pruner(cfg))
+    objective = trial_objective(cfg, warm_start, rows, sections, score,
+                                lambda t: suggest(t, cfg.search_space), cfg.eval_every)
+    if _finished(study) < cfg.n_trials:
+        study.optimize(objective, timeout=cfg.timeout, gc_after_trial=True,
+                       callbacks=[optuna.study.MaxTrialsCallback(cfg.n_trials, states=FINISHED)])
+    log.info("study %s: %d finished trials", cfg.study_name, _finished(study))
+    return study
+
+
+def run_sensitivity(cfg: SensitivityConfig, warm_start: ModelAndTokenizer, rows: list[dict],
+                    sections: Mapping[str, Any], score: ValidationScore) -> list[optuna.Study]:
+    """Every cell of β × λ on the first seed, plus the centre cell on the other seeds:
+    one GridSampler study each, in one storage (``<study_name>`` and ``-centre``)."""
+    grid = {"beta": list(cfg.betas), "lam": list(cfg.lams), "seed": [cfg.centre_seeds[0]]}
+    centre = {"beta": [cfg.centre["beta"]], "lam": [cfg.centre["lam"]], "seed": list(cfg.centre_seeds[1:])}
+    studies = []
+    for name, space in ((cfg.study_name, grid), (f"{cfg.study_name}-centre", centre)):
+        study = open_study(dataclasses.replace(cfg, study_name=name),
+                           optuna.samplers.GridSampler(space, seed=0))
+        objective = trial_objective(
+            cfg, warm_start, rows, sections, score,
+            lambda t, s=space: {k: t.suggest_categorical(k, v) for k, v in s.items()}, None)
+        cells = int(np.prod([len(v) for v in space.values()]))
+        if _finished(study) < cells:
+            study.optimize(objective, gc_after_trial=True,
+                           callbacks=[optuna.study.MaxTrialsCallback(cells, states=FINISHED)])
+        studies.append(study)
+    return studies
+
+
+def _finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))

@@ -1,0 +1,187 @@
+"""Optuna studies on a tiny model: a 3-trial study and its tuned environment, pruning,
+a SIGKILLed worker whose trial is failed and retried, and two worker processes sharing
+one study on a journal file and on a real PostgreSQL server."""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import sqlalchemy
+import yaml
+from kedro.framework.session import KedroSession
+from optuna.trial import TrialState
+
+from grao_pipeline.alignment.tuning import pruning_callback
+
+from .conftest import TINY_RUN, kedro_run
+
+TINY_TUNING = {"n_trials": 3, "steps": 2, "eval_every": 1, "eval_prompts": 4,
+               "pruner_startup_trials": 1}
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def local_params(project: Path, tuning: dict) -> None:
+    """Worker processes read their parameters from conf/local, as a user's would."""
+    (project / "conf/local/parameters.yml").write_text(
+        yaml.safe_dump({**TINY_RUN, "tuning": {**TINY_TUNING, **tuning}}))
+
+
+def worker(project: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([str(Path(sys.executable).parent / "kedro"), "run", "--pipelines", "tuning"],
+                            cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    return out
+
+
+@pytest.mark.slow
+def test_three_trial_study_writes_its_outputs_and_the_tuned_env_round_trips(project):
+    kedro_run(project, ["data_processing", "sft"])
+    kedro_run(project, ["tuning"], {**TINY_RUN, "tuning": TINY_TUNING})
+    trials = pd.read_csv(project / "data/08_reporting/tuning_trials.csv")
+    assert len(trials) == 3 and set(trials["state"]) <= {"COMPLETE", "PRUNED"}
+    for name in ("history", "importances", "contour", "intermediate_values"):
+        assert (project / f"data/08_reporting/tuning_{name}.png").stat().st_size > 0
+    tuned = yaml.safe_load((project / "conf/tuned/parameters_tuned.yml").read_text())
+    study = optuna.load_study(study_name="grao-beta-lambda",
+                              storage=f"sqlite:///{project}/data/09_tuning/optuna.db")
+    assert tuned == {"grao": study.best_params}
+
+    # resuming adds trials to the same study
+    kedro_run(project, ["tuning"], {**TINY_RUN, "tuning": {**TINY_TUNING, "n_trials": 4}})
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 4
+
+    # the best values become a config environment that trains the final model
+    (project / "conf/tuned/catalog.yml").write_text((project / "conf/local/catalog.yml").read_text())
+    with KedroSession.create(project_path=project, env="tuned", runtime_params=TINY_RUN) as session:
+        session.run(pipeline_names=["grao"])
+    state = yaml.safe_load((project / "data/06_models/checkpoints/grao/step-000002/trainer_state.json")
+                           .read_text())
+    assert state["config"]["beta"] == tuned["grao"]["beta"]
+    assert state["config"]["lam"] == tuned["grao"]["lam"]
+
+
+def test_the_pruner_prunes_a_trial_that_reports_a_bad_value():
+    study = optuna.create_study(direction="maximize",
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    for value, expect_pruned in ((1.0, False), (-5.0, True)):
+        trial = study.ask()
+        report = pruning_callback(trial, policy=None, score=lambda policy, v=value: v, every=1,
+                                  last_step=4)
+        try:
+            for step in (1, 2, 3):
+                report(step, {})
+        except optuna.TrialPruned:
+            assert expect_pruned
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            assert not expect_pruned
+            study.tell(trial, value)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert study.trials[1].intermediate_values == {1: -5.0}
+
+
+@pytest.mark.slow
+def test_a_killed_worker_trial_is_failed_and_retried(project):
+    kedro_run(project, ["data_processing", "sft"])
+    local_params(project, {"pruner": "none", "steps": 6, "heartbeat_interval": 1, "grace_period": 2})
+    storage = f"sqlite:///{project}/data/09_tuning/optuna.db"
+    first = worker(project)
+    deadline = time.time() + 300
+    while True:  # wait for a trial to be running, then kill its worker
+        assert first.poll() is None and time.time() < deadline
+        try:
+            running = optuna.load_study(study_name="grao-beta-lambda", storage=storage).get_trials(
+                states=(TrialState.RUNNING,))
+        except (KeyError, sqlalchemy.exc.OperationalError):  # not created yet
+            running = []
+        if running:
+            break
+        time.sleep(0.2)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    killed = running[0].number
+    time.sleep(3)  # past the grace period: the heartbeat is stale
+    finish(worker(project))
+    trials = optuna.load_study(study_name="grao-beta-lambda", storage=storage).trials
+    assert trials[killed].state == TrialState.FAIL
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 3
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert retried[0].params == trials[killed].params
+
+
+def two_workers_share_one_study(project: Path, storage: str) -> None:
+    local_params(project, {"pruner": "none", "n_trials": 6, "storage": storage})
+    outputs = [finish(p) for p in [worker(project), worker(project)]]
+    if storage.startswith("journal:"):
+        storage = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(storage[len("journal:"):]))
+    trials = optuna.load_study(study_name="grao-beta-lambda", storage=storage).trials
+    numbers = [t.number for t in trials]
+    assert numbers == list(range(len(trials)))  # none lost, none duplicated
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    # each worker stops once 6 are finished; both may be mid-trial at that moment
+    assert 6 <= len(trials) <= 7
+    ran = [{int(n) for n in re.findall(r"Trial (\d+) finished", out)} for out in outputs]
+    assert ran[0] and ran[1] and not ran[0] & ran[1] and ran[0] | ran[1] == set(numbers)
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_journal_file_study(project):
+    kedro_run(project, ["data_processing", "sft"])
+    two_workers_share_one_study(project, f"journal:{project}/data/09_tuning/journal.log")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres():
+    """A throwaway PostgreSQL 15 cluster on 127.0.0.1, owned by the postgres user;
+    stopped and removed even when the test fails. (Not under pytest's tmp_path: its
+    root-only parent folders are closed to the postgres user.)"""
+    if not (PG_BIN / "initdb").is_file():
+        pytest.fail(f"PostgreSQL binaries not found in {PG_BIN}: install them with "
+                    "`apt-get install postgresql` (the tests need a real server, not a mock)")
+    root = Path(tempfile.mkdtemp(prefix="grao-pg-"))
+    shutil.chown(root, "postgres", "postgres")
+    port = _free_port()
+
+    def as_postgres(*args):
+        return subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True,
+                              capture_output=True, text=True)
+
+    as_postgres(str(PG_BIN / "initdb"), "-D", f"{root}/db", "-A", "trust", "-U", "postgres")
+    as_postgres(str(PG_BIN / "pg_ctl"), "-D", f"{root}/db", "-w", "-l", f"{root}/log", "-o",
+                f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D",
+                        f"{root}/db", "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_postgresql_study(project, postgres):
+    kedro_run(project, ["data_processing", "sft"])
+    two_workers_share_one_study(project, postgres)
