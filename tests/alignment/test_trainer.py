@@ -1,9 +1,17 @@
 import json
+import re
 
 import pytest
 import torch
 
-from grao_pipeline.alignment.config import ConfigError, GRAOConfig, SFTConfig
+from grao_pipeline.alignment.config import (
+    ConfigError,
+    DataConfig,
+    EvalConfig,
+    GRAOConfig,
+    RewardConfig,
+    SFTConfig,
+)
 from grao_pipeline.alignment.methods.grao import GRAOMethod
 from grao_pipeline.alignment.methods.sft import SFTMethod
 from grao_pipeline.alignment.models import tiny_model
@@ -116,10 +124,31 @@ def test_resume_from_checkpoint_repeats_the_uninterrupted_run(tokenizer, rows, t
     ({"prompts_per_step": 3, "grad_accum_chunks": 2}, "groups are never split"),
     ({"checkpoint_every": 5}, "checkpoint_dir = None: is required"),
     ({"epochs_per_rollout": 0}, "epochs_per_rollout = 0: must be >= 1"),
+    # types are checked before ranges, and strictly
+    ({"exploration": "flase"}, "exploration = 'flase': must be bool, not str"),
+    ({"num_generations": 2.5}, "num_generations = 2.5: must be int, not float"),
+    ({"num_generations": "abc"}, "num_generations = 'abc': must be int, not str"),
+    ({"beta": True}, "beta = True: must be float, not bool"),
+    ({"mixed_precision": "no"}, "mixed_precision = 'no': must be Literal"),
+    ({"checkpoint_dir": 3}, "checkpoint_dir = 3: must be"),
 ])
 def test_invalid_parameters_are_refused_with_the_field_named(overrides, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         grao_cfg(**overrides)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: RewardConfig(components={"relevance": {"weight": "high"}}),
+     "components.relevance.weight = 'high': must be a number"),
+    (lambda: RewardConfig(components={"relevance": 1.0}), "components.relevance = 1.0: must be a mapping"),
+    (lambda: RewardConfig(components={"relevance": {"weight": 0}, "positivity": {"weight": 0.0}}),
+     "every weight is 0"),
+    (lambda: EvalConfig(do_sample="yes"), "do_sample = 'yes': must be bool"),
+    (lambda: DataConfig(validation_fraction="0.1"), "validation_fraction = '0.1': must be float"),
+])
+def test_other_configs_check_types_and_values_too(make, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        make()
 
 
 class NaNMethod(SFTMethod):

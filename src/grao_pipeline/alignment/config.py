@@ -7,8 +7,9 @@ values with a message naming the field, before any model is loaded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+import types
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 
 class ConfigError(ValueError):
@@ -18,6 +19,46 @@ class ConfigError(ValueError):
 def _require(ok: bool, cls: object, name: str, why: str) -> None:
     if not ok:
         raise ConfigError(f"{type(cls).__name__}.{name} = {getattr(cls, name)!r}: {why}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Strict: a bool is not an int, 2.5 is not an int, "false" is not a bool; an int
+    is a float."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
+    return True
+
+
+def check_types(cfg: object) -> None:
+    """Refuse any field whose value is not of its declared type, naming field and
+    value, before anything else looks at them."""
+    hints = get_type_hints(type(cfg))
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if not _matches(value, hints[f.name]):
+            shown = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
+            raise ConfigError(f"{type(cfg).__name__}.{f.name} = {value!r}: must be {shown}, "
+                              f"not {type(value).__name__}")
 
 
 @dataclass
@@ -46,6 +87,7 @@ class DataConfig:
     """Salt of the hash that assigns rows to splits (stable under row order)."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         _require(self.format in ("chitchat", "hh_rlhf", "columns"), self, "format",
                  "must be 'chitchat', 'hh_rlhf' or 'columns'")
         bad = [k for k, v in self.columns.items() if not (isinstance(k, str) and isinstance(v, str))]
@@ -75,6 +117,7 @@ class RewardConfig:
     """|Q(a) - Q(b)| <= tie_margin is judged a tie by the pairwise judge."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         _require(isinstance(self.components, dict) and bool(self.components), self,
                  "components", "needs at least one reward")
         for name, block in self.components.items():
@@ -130,6 +173,7 @@ class TrainConfig:
     """Show a tqdm progress bar."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         _require(self.steps >= 1, self, "steps", "must be >= 1")
         _require(self.learning_rate > 0, self, "learning_rate", "must be > 0")
         _require(self.weight_decay >= 0, self, "weight_decay", "must be >= 0")
@@ -335,6 +379,7 @@ class EvalConfig:
     """Seed for sampling and the bootstrap."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         _require(self.num_prompts >= 2, self, "num_prompts", "must be >= 2")
         _require(self.max_new_tokens >= 1, self, "max_new_tokens", "must be >= 1")
         _require(self.max_prompt_tokens >= 1, self, "max_prompt_tokens", "must be >= 1")
@@ -369,6 +414,7 @@ class CompareConfig:
     """Resamples of the two-level (seed, then prompt) bootstrap."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         from grao_pipeline.alignment.methods import registered_methods
 
         unknown = [m for m in self.methods if m not in registered_methods()]
@@ -410,6 +456,7 @@ class StudyConfig:
     """Retries of a trial whose worker died."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         _require(self.objective in ("mean_reward", "ras"), self, "objective",
                  "must be 'mean_reward' or 'ras'")
         _require(bool(self.study_name), self, "study_name", "must be non-empty")

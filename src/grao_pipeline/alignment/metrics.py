@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from grao_pipeline.alignment.rollout import EncodedPrompts, completion_log_probs
+from grao_pipeline.alignment.rollout import EncodedPrompts, completion_logits
 
 
 def bootstrap_ci(values, resamples: int = 1000, seed: int = 0,
@@ -89,8 +90,8 @@ def sequence_kl(model, start_model, prompts: EncodedPrompts, completion_ids: tor
     for s in range(0, completion_ids.shape[0], chunk):
         args = (prompts.ids[s:s + chunk], prompts.mask[s:s + chunk],
                 completion_ids[s:s + chunk], completion_mask[s:s + chunk])
-        lp = completion_log_probs(model, *args)
-        lq = completion_log_probs(start_model, *args)
+        lp = F.log_softmax(completion_logits(model, *args).float(), dim=-1)
+        lq = F.log_softmax(completion_logits(start_model, *args).float(), dim=-1)
         kl_t = (lp.exp() * (lp - lq)).sum(-1)
         out.append((kl_t * completion_mask[s:s + chunk]).sum(-1))
     return torch.cat(out)

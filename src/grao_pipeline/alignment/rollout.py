@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from transformers import GenerationConfig, PreTrainedModel
 
 
@@ -118,17 +117,19 @@ class Samples:
 @torch.no_grad()  # not inference_mode: these tensors are reused as inputs under autograd
 def sample_completions(model: PreTrainedModel, tokenizer, prompts: EncodedPrompts,
                        num_generations: int, max_new_tokens: int, temperature: float = 1.0,
-                       do_sample: bool = True) -> Samples:
+                       do_sample: bool = True, min_new_tokens: int = 0) -> Samples:
     """Sample ``num_generations`` completions per prompt in one batched ``generate`` call.
 
     Pure temperature sampling: top-k and top-p are switched off explicitly so the
-    sampled distribution is the policy's own.
+    sampled distribution is the policy's own. ``min_new_tokens`` > 0 suppresses EOS
+    before that many tokens (benchmarks use it to fix the work per step).
     """
     eos = eos_ids(tokenizer, model)
     config = GenerationConfig(
         do_sample=do_sample, temperature=temperature if do_sample else None,
         top_k=0 if do_sample else None, top_p=1.0 if do_sample else None,
-        max_new_tokens=max_new_tokens, num_return_sequences=num_generations,
+        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None,
+        num_return_sequences=num_generations,
         eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, use_cache=True)
     device = next(model.parameters()).device
     out = model.generate(input_ids=prompts.ids.to(device),
@@ -141,13 +142,12 @@ def sample_completions(model: PreTrainedModel, tokenizer, prompts: EncodedPrompt
     return Samples(ids, mask, [t.strip() for t in texts], truncated)
 
 
-def completion_log_probs(model: PreTrainedModel, prompt_ids: torch.Tensor,
-                         prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
-                         completion_mask_: torch.Tensor, return_hidden: bool = False):
-    """log π(· | prompt, c_<t) over the vocabulary at each completion position.
+def completion_logits(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                      completion_ids: torch.Tensor, completion_mask_: torch.Tensor,
+                      return_hidden: bool = False):
+    """Logits predicting each completion token: [N, C, V] in the model's dtype (and,
+    with ``return_hidden``, the last hidden state at the same positions, [N, C, H]).
 
-    All inputs [N, ·]; returns [N, C, V] float32 (and, with ``return_hidden``, the last
-    hidden state of the position before each completion token, [N, C, H]).
     Positions are counted from the first real prompt token (left padding), as in
     ``generate``. Only the C+1 last logits are computed (``logits_to_keep``), which
     skips the LM head on prompt positions. Masked positions hold garbage; mask them.
@@ -158,21 +158,34 @@ def completion_log_probs(model: PreTrainedModel, prompt_ids: torch.Tensor,
     c = completion_ids.shape[1]
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 logits_to_keep=c + 1, use_cache=False, output_hidden_states=return_hidden)
-    log_probs = F.log_softmax(out.logits[:, :-1].float(), dim=-1)  # position t predicts t+1
+    logits = out.logits[:, :-1]  # position t predicts token t+1
     if return_hidden:
-        return log_probs, out.hidden_states[-1][:, -(c + 1):-1]
-    return log_probs
+        return logits, out.hidden_states[-1][:, -(c + 1):-1]
+    return logits
+
+
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk_rows: int = 4) -> torch.Tensor:
+    """``log_softmax(logits)`` at ``index`` only: the picked logit minus the logsumexp,
+    in float32, a few rows at a time. Never holds a full-vocabulary log-softmax (or a
+    float32 copy of bf16 logits) for the whole batch: at a 152k vocabulary, 16 × 1,024
+    tokens of those would be 10 GB. ``logits`` [N, C, V], ``index`` [N, C] -> [N, C]."""
+    rows = []
+    for s in range(0, logits.shape[0], chunk_rows):
+        chunk = logits[s:s + chunk_rows]
+        picked = torch.gather(chunk, -1, index[s:s + chunk_rows].unsqueeze(-1)).squeeze(-1).float()
+        rows.append(picked - torch.logsumexp(chunk.float(), dim=-1))
+    return torch.cat(rows)
 
 
 def token_logps(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                 completion_ids: torch.Tensor, completion_mask_: torch.Tensor,
                 return_hidden: bool = False):
-    """Per-token log π(c_t | prompt, c_<t) of completions. All inputs [N, ·]; returns [N, C]
-    (and hidden states [N, C, H] with ``return_hidden``; see ``completion_log_probs``)."""
-    out = completion_log_probs(model, prompt_ids, prompt_mask, completion_ids,
-                               completion_mask_, return_hidden)
-    log_probs, hidden = out if return_hidden else (out, None)
-    logps = torch.gather(log_probs, 2, completion_ids.unsqueeze(-1)).squeeze(-1)
+    """Per-token log π(c_t | prompt, c_<t) of completions, float32. All inputs [N, ·];
+    returns [N, C] (and hidden states [N, C, H] with ``return_hidden``)."""
+    out = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask_,
+                            return_hidden)
+    logits, hidden = out if return_hidden else (out, None)
+    logps = selective_log_softmax(logits, completion_ids)
     return (logps, hidden) if return_hidden else logps
 
 
