@@ -104,6 +104,20 @@ def test_log_probs_do_not_hold_a_full_vocabulary_log_softmax(tmp_path):
         runs[mode] = json.loads(done.stdout.strip().splitlines()[-1])
     full, selective = runs["full"], runs["selective"]
     assert torch.allclose(torch.load(tmp_path / "full"), torch.load(tmp_path / "selective"), atol=1e-6)
-    # measured: full ≈ 4.0× the logits' size, selective ≈ 2.3×
-    assert selective["peak_mb"] < 2.6 * selective["logits_mb"], runs
+    # measured: full ≈ 3.0× the logits' size; selective ≈ 2.1× (the logits, their
+    # gradient, one chunk of temporaries)
+    assert selective["peak_mb"] < 2.3 * selective["logits_mb"], runs
     assert selective["peak_mb"] < 0.75 * full["peak_mb"], runs
+
+
+def test_gumbel_max_sampling_draws_from_the_tempered_softmax():
+    from grao_pipeline.alignment.rollout import GumbelMaxSampling
+
+    torch.manual_seed(0)
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -30.0])
+    for temperature in (1.0, 0.5):
+        n = 200_000
+        draws = GumbelMaxSampling(temperature)(None, logits.expand(n, -1).clone()).argmax(-1)
+        freq = torch.bincount(draws, minlength=5).float() / n
+        expected = torch.softmax(logits / temperature, -1)
+        assert torch.allclose(freq, expected, atol=4e-3), (temperature, freq, expected)

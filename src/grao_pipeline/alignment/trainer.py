@@ -245,7 +245,10 @@ def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainCo
     model.eval()
     extra = list(method.extra_modules)
     trainable = [p for m in (model, *extra) for p in m.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # fused: one kernel over all parameters; measured 0.49 s -> 0.07 s per step on 135M
+    # parameters on a 2-core CPU (benchmarks/NOTES.md).
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                  fused=True)
     warmup = cfg.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0)
