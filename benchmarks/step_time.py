@@ -277,6 +277,23 @@ def floors(result: dict, machine: dict, cfg: dict, precision: str, prompt_tokens
             "grao_update_s": 6 * n * (update_tokens + 2 * (prompt_tokens + cfg["tokens"])) / peak}
 
 
+def scaling(cfg: dict, steps: int) -> list[dict]:
+    """s/step and peak RSS of ours (GRPO) and TRL for G in {4, 8, 16} x completion
+    lengths {48, 128}, one warm-up step each."""
+    rows = []
+    for g in (4, 8, 16):
+        for tokens in (48, 128):
+            sweep = bench(["grpo", "trl"], {**cfg, "G": g, "tokens": tokens}, 1, steps)
+            row = {"G": g, "tokens": tokens,
+                   **{f"{k}_s_per_step": sweep[k]["s_per_step_median"] for k in ("grpo", "trl")},
+                   **{f"{k}_peak_rss_mb": sweep[k]["peak_rss_mb"] for k in ("grpo", "trl")}}
+            rows.append(row)
+            print(f"scaling G={g:>2} tokens={tokens:>3}: ours {row['grpo_s_per_step']:.2f} s "
+                  f"({row['grpo_peak_rss_mb']:.0f} MB), TRL {row['trl_s_per_step']:.2f} s "
+                  f"({row['trl_peak_rss_mb']:.0f} MB)", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per trainer")
@@ -286,6 +303,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--scaling", action="store_true", help="also sweep G and completion length")
     parser.add_argument("--scaling-steps", type=int, default=2)
+    parser.add_argument("--scaling-only", action="store_true",
+                        help="add the sweep to an existing --out file instead of re-running the main comparison")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results.json"))
     parser.add_argument("--worker")
     parser.add_argument("--config")
@@ -309,6 +328,11 @@ def main() -> None:
     print(f"precision for every trainer: {precision} "
           f"({'native bf16' if precision == 'bf16' else 'no native bf16 on this CPU'})")
     cfg = {"G": args.G, "tokens": args.tokens, "threads": args.threads, "precision": precision}
+    if args.scaling_only:
+        out = json.loads(Path(args.out).read_text())
+        out["scaling"] = scaling(cfg, args.scaling_steps)
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+        return
     result = bench(["grpo", "grao", "trl"], cfg, args.warmup, args.steps)
 
     from grao_pipeline.alignment.rollout import prompt_token_lengths
@@ -346,17 +370,7 @@ def main() -> None:
            "floors": floor, "trainers": {k: result[k] for k in ("trl", "grpo", "grao")},
            "questions": result["questions"]}
     if args.scaling:
-        out["scaling"] = []
-        for g in (4, 8, 16):
-            for tokens in (48, 128):
-                sweep = bench(["grpo", "trl"], {**cfg, "G": g, "tokens": tokens}, 1, args.scaling_steps)
-                row = {"G": g, "tokens": tokens,
-                       **{f"{k}_s_per_step": sweep[k]["s_per_step_median"] for k in ("grpo", "trl")},
-                       **{f"{k}_peak_rss_mb": sweep[k]["peak_rss_mb"] for k in ("grpo", "trl")}}
-                out["scaling"].append(row)
-                print(f"scaling G={g:>2} tokens={tokens:>3}: ours {row['grpo_s_per_step']:.2f} s "
-                      f"({row['grpo_peak_rss_mb']:.0f} MB), TRL {row['trl_s_per_step']:.2f} s "
-                      f"({row['trl_peak_rss_mb']:.0f} MB)")
+        out["scaling"] = scaling(cfg, args.scaling_steps)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 
