@@ -47,11 +47,17 @@ def method_inputs(name: str) -> list[tuple[str, str, type]]:
     return inputs
 
 
+def sections_of(name: str, params: list) -> dict:
+    """Parameters section -> value, from node arguments in ``method_inputs`` order
+    (a trailing reward config, where the method reads one, is not a section)."""
+    return dict(zip(parameter_sections(name), params, strict=False))
+
+
 def fit(name: str, start_model: ModelAndTokenizer, train_set: datasets.Dataset, params: list,
         **train_args) -> tuple[ModelAndTokenizer, pd.DataFrame, plt.Figure]:
     """Train ``start_model`` in place with method ``name``; ``params`` in the order of
     ``method_inputs``. Returns the policy, its step log and its training curves."""
-    sections = dict(zip(parameter_sections(name), params, strict=False))
+    sections = sections_of(name, params)
     reward = CompositeReward(params[-1]) if uses_reward(name) else None
     policy, log, title = train_method(name, start_model, train_set.to_list(), sections, reward,
                                       **train_args)

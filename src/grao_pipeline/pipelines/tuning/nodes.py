@@ -19,9 +19,10 @@ from grao_pipeline.alignment.config import (
     SensitivityConfig,
     TuningConfig,
 )
-from grao_pipeline.alignment.methods import get_method, parameter_sections
+from grao_pipeline.alignment.methods import get_method
 from grao_pipeline.alignment.models import ModelAndTokenizer
 from grao_pipeline.alignment.tuning import ValidationScore, run_sensitivity, run_tuning
+from grao_pipeline.pipelines.training import sections_of
 from grao_pipeline.plots import sensitivity_heatmap, study_figures
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,6 @@ def _score(validation_set: datasets.Dataset, evaluation: EvalConfig, rewards: Re
                            rewards, objective)
 
 
-def _sections(method: str, params: list) -> dict:
-    return dict(zip(parameter_sections(method), params, strict=False))
-
-
 def tune(warm_start: ModelAndTokenizer, train_set: datasets.Dataset,
          validation_set: datasets.Dataset, params: TuningConfig, evaluation: EvalConfig,
          reward_params: RewardConfig, method_params: list
@@ -48,7 +45,7 @@ def tune(warm_start: ModelAndTokenizer, train_set: datasets.Dataset,
     """Run (or resume, or join as one more worker) the study; return its trials, the best
     values as a config environment, a report and the four Optuna figures."""
     score = _score(validation_set, evaluation, reward_params, params.objective, params.eval_prompts)
-    study = run_tuning(params, warm_start, train_set.to_list(), _sections(params.method, method_params),
+    study = run_tuning(params, warm_start, train_set.to_list(), sections_of(params.method, method_params),
                        score)
     trials = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration",
                                            "intermediate_values", "user_attrs", "system_attrs"))
@@ -74,7 +71,7 @@ def sensitivity(warm_start: ModelAndTokenizer, train_set: datasets.Dataset,
     the β = 0 / λ = 0 rows next to the paper's ablation table."""
     score = _score(validation_set, evaluation, reward_params, params.objective, params.eval_prompts)
     grid, centre = run_sensitivity(params, warm_start, train_set.to_list(),
-                                   _sections(params.method, method_params), score)
+                                   sections_of(params.method, method_params), score)
     rows = [{"beta": t.params["beta"], "lam": t.params["lam"], "seed": t.params["seed"], "value": t.value}
             for study in (grid, centre) for t in study.get_trials(
                 deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
