@@ -1,9 +1,12 @@
 import json
+import os
 import re
+import signal
 
 import pytest
 import torch
 
+from grao_pipeline.alignment.checkpoints import CheckpointError
 from grao_pipeline.alignment.config import (
     ConfigError,
     DataConfig,
@@ -15,7 +18,12 @@ from grao_pipeline.alignment.config import (
 from grao_pipeline.alignment.methods.grao import GRAOMethod
 from grao_pipeline.alignment.methods.sft import SFTMethod
 from grao_pipeline.alignment.models import tiny_model
-from grao_pipeline.alignment.trainer import StopTraining, latest_checkpoint, train
+from grao_pipeline.alignment.trainer import (
+    StopTraining,
+    TrainingInterrupted,
+    latest_checkpoint,
+    train,
+)
 from tests.helpers import length_reward
 
 
@@ -157,17 +165,18 @@ class NaNMethod(SFTMethod):
         return loss * float("nan"), metrics
 
 
-def test_non_finite_loss_stops_before_the_update_and_keeps_checkpoints(tiny, rows, tmp_path):
-    model, tok = tiny
+def test_non_finite_loss_stops_before_the_update_and_keeps_checkpoints(tokenizer, rows, tmp_path):
+    model, tok = tiny_model(tokenizer, seed=0)
     cfg = sft_cfg(steps=2, checkpoint_dir=str(tmp_path), checkpoint_every=1)
     train(model, SFTMethod(tok, cfg), rows, cfg)
     saved = sorted(p.name for p in tmp_path.iterdir())
     before = snapshot(model)
+    resumed, _ = tiny_model(tokenizer, seed=0)  # the same starting weights: resumes at step 2
     nan_cfg = sft_cfg(steps=3, checkpoint_dir=str(tmp_path), checkpoint_every=1)
-    with pytest.raises(FloatingPointError, match="non-finite loss at step 2"):
-        train(model, NaNMethod(tok, nan_cfg), rows, nan_cfg)
+    with pytest.raises(FloatingPointError, match="non-finite loss at step 3"):
+        train(resumed, NaNMethod(tok, nan_cfg), rows, nan_cfg)
     assert sorted(p.name for p in tmp_path.iterdir()) == saved
-    for name, p in model.named_parameters():
+    for name, p in resumed.named_parameters():
         assert torch.equal(before[name], p.detach())
 
 
@@ -193,23 +202,115 @@ def test_several_epochs_per_rollout_and_kl_penalty_run(tiny, rows):
     assert row["kl_to_start"] > 0.0 and torch.isfinite(torch.tensor(row["loss"]))
 
 
-def test_resume_under_a_different_config_is_refused(tiny, rows, tmp_path):
+def sft_run(model, tok, rows, tmp_path, **overrides):
+    cfg = sft_cfg(**{"checkpoint_dir": str(tmp_path), "checkpoint_every": 1, **overrides})
+    return train(model, SFTMethod(tok, cfg), rows, cfg).log
+
+
+def previous_runs(tmp_path):
+    return sorted(p for p in tmp_path.iterdir() if p.name.startswith("previous-"))
+
+
+def test_a_changed_config_starts_over_and_keeps_the_old_checkpoints(tiny, rows, tmp_path, caplog):
     model, tok = tiny
-    cfg = sft_cfg(steps=1, checkpoint_dir=str(tmp_path), checkpoint_every=1)
-    train(model, SFTMethod(tok, cfg), rows, cfg)
-    changed = sft_cfg(steps=2, checkpoint_dir=str(tmp_path), checkpoint_every=1, learning_rate=5e-4)
-    with pytest.raises(ValueError, match=r"config differs \(learning_rate: 0.001 -> 0.0005\)"):
-        train(model, SFTMethod(tok, changed), rows, changed)
+    sft_run(model, tok, rows, tmp_path, steps=1)
+    model2, _ = tiny_model(tok, seed=0)
+    with caplog.at_level("WARNING"):
+        log = sft_run(model2, tok, rows, tmp_path, steps=2, learning_rate=5e-4)
+    assert [r["step"] for r in log] == [1, 2]  # started over
+    assert "learning_rate changed (0.001 -> 0.0005)" in caplog.text
+    [aside] = previous_runs(tmp_path)
+    assert [p.name for p in aside.iterdir()] == ["step-000001"]
     # more steps alone is a legitimate continuation
-    longer = sft_cfg(steps=2, checkpoint_dir=str(tmp_path), checkpoint_every=1)
-    assert [r["step"] for r in train(model, SFTMethod(tok, longer), rows, longer).log] == [1, 2]
+    model3, _ = tiny_model(tok, seed=0)
+    log = sft_run(model3, tok, rows, tmp_path, steps=3, learning_rate=5e-4)
+    assert [r["step"] for r in log] == [1, 2, 3] and len(previous_runs(tmp_path)) == 1
 
 
-def test_resume_off_clears_old_checkpoints(tiny, rows, tmp_path):
+def test_other_starting_weights_or_data_start_over(tiny, rows, tmp_path, caplog):
     model, tok = tiny
-    cfg = sft_cfg(steps=3, checkpoint_dir=str(tmp_path), checkpoint_every=1, checkpoints_to_keep=3)
-    train(model, SFTMethod(tok, cfg), rows, cfg)
+    sft_run(model, tok, rows, tmp_path, steps=2)
+    swapped, _ = tiny_model(tok, seed=1)  # "the base model was swapped"
+    with caplog.at_level("WARNING"):
+        log = sft_run(swapped, tok, rows, tmp_path, steps=2)
+    assert "the starting weights differ" in caplog.text and len(log) == 2
+    fresh, _ = tiny_model(tok, seed=1)
+    with caplog.at_level("WARNING"):
+        sft_run(fresh, tok, rows[:-1], tmp_path, steps=2)
+    assert "the training rows differ" in caplog.text
+    assert len(previous_runs(tmp_path)) == 2
+
+
+def test_resuming_the_same_run_returns_the_finished_model_without_training(tiny, rows, tmp_path):
+    model, tok = tiny
+    sft_run(model, tok, rows, tmp_path, steps=2)
+    again, _ = tiny_model(tok, seed=0)
+    log = sft_run(again, tok, rows, tmp_path, steps=2)
+    assert [r["step"] for r in log] == [1, 2]
+    for (name, p), q in zip(model.named_parameters(), again.parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_a_checkpoint_past_the_requested_steps_is_refused(tiny, rows, tmp_path):
+    model, tok = tiny
+    sft_run(model, tok, rows, tmp_path, steps=2)
+    fresh, _ = tiny_model(tok, seed=0)
+    with pytest.raises(CheckpointError, match=r"step-000002 is at step 2, past steps=1"):
+        sft_run(fresh, tok, rows, tmp_path, steps=1)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:100]),
+     "model.safetensors: 100 bytes"),
+    (lambda f: (f / "trainer_state.json").write_text("{"), "trainer_state.json: unreadable"),
+    (lambda f: (f / "optimizer.bin").unlink(), "optimizer.bin: missing"),
+])
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tokenizer, rows, tmp_path, caplog,
+                                                                    damage, reason):
+    full, tok = tiny_model(tokenizer, seed=0)
+    sft_run(full, tok, rows, tmp_path / "full", steps=3)
+    model, _ = tiny_model(tok, seed=0)
+    sft_run(model, tok, rows, tmp_path / "run", steps=2)
+    damage(tmp_path / "run" / "step-000002")
+    (tmp_path / "run" / ".tmp-step-000003").mkdir()  # a kill mid-write leaves this
+    resumed, _ = tiny_model(tok, seed=0)
+    with caplog.at_level("WARNING"):
+        log = sft_run(resumed, tok, rows, tmp_path / "run", steps=3)
+    assert reason in caplog.text and "trying the previous one" in caplog.text
+    assert [r["step"] for r in log] == [1, 2, 3]
+    for (name, p), q in zip(full.named_parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert ".tmp-step-000003" not in names and any(n.startswith("corrupt-step-000002") for n in names)
+
+
+def test_resume_off_moves_old_checkpoints_aside(tiny, rows, tmp_path):
+    model, tok = tiny
+    sft_run(model, tok, rows, tmp_path, steps=3, checkpoints_to_keep=3)
     assert latest_checkpoint(tmp_path).name == "step-000003"
-    fresh = sft_cfg(steps=1, checkpoint_dir=str(tmp_path), checkpoint_every=1, resume=False)
-    train(model, SFTMethod(tok, fresh), rows, fresh)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000001"]
+    sft_run(model, tok, rows, tmp_path, steps=1, resume=False)
+    [aside] = previous_runs(tmp_path)
+    assert sorted(p.name for p in aside.iterdir()) == ["step-000001", "step-000002", "step-000003"]
+    assert latest_checkpoint(tmp_path).name == "step-000001"
+
+
+def test_non_finite_gradient_names_the_parameter(tiny, rows):
+    model, tok = tiny
+    cfg = sft_cfg()
+    model.model.norm.weight.register_hook(lambda g: g * float("inf"))
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient at step 1 in model\.norm\.weight"):
+        train(model, SFTMethod(tok, cfg), rows, cfg)
+
+
+def test_sigterm_finishes_the_step_saves_a_checkpoint_and_stops(tiny, rows, tmp_path):
+    model, tok = tiny
+
+    def terminate_at_two(step, row):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cfg = sft_cfg(steps=5, checkpoint_dir=str(tmp_path), checkpoint_every=10)
+    with pytest.raises(TrainingInterrupted, match=r"stopped by SIGTERM after step 3 of 5; checkpoint saved"):
+        train(model, SFTMethod(tok, cfg), rows, cfg, callbacks=[terminate_at_two])
+    assert latest_checkpoint(tmp_path).name == "step-000003"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

@@ -12,13 +12,13 @@ Simplifications and choices, stated once:
   draws rows from the epoch-(k·n // N) permutation. A run resumed from a checkpoint at
   step k therefore repeats the uninterrupted run exactly; checkpoints hold model,
   optimiser, scheduler, RNG states, the step and the log so far.
-- Checkpoints are written to a temporary folder and renamed into place, so a crash
-  (even SIGKILL) mid-write never leaves a half checkpoint that resume would pick up.
-  Each records its config; resuming under a different config is refused, naming
-  the fields that differ. ``resume: false`` clears old checkpoints first, so a
-  later resume never picks up a previous run's.
-- A non-finite loss or gradient stops training with an error before the optimiser
-  step, so the last checkpoint stays a good one.
+- Checkpoints (checkpoints.py) are atomic, verified before use, and resumed only
+  when config, starting weights and training rows all match; otherwise the old ones
+  are moved aside, never deleted.
+- A non-finite loss or gradient stops training with an error naming the step (and
+  the parameter) before the optimiser step, so the last checkpoint stays a good one.
+- SIGINT/SIGTERM finish the current step, save a checkpoint and stop with
+  ``TrainingInterrupted``; rerunning the same command resumes.
 - Multi-process (accelerate DDP): each rank takes a disjoint slice of the step's
   prompts, so a prompt's group is always sampled, scored and normalised on one rank.
   Rollouts run on the unwrapped model; the loss runs on the DDP wrapper, which
@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
-import re
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,18 +48,21 @@ from typing import Protocol
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
+from grao_pipeline.alignment import checkpoints
 from grao_pipeline.alignment.config import TrainConfig
 
-_CHECKPOINT_RE = re.compile(r"^step-(\d{6})$")
-# Fields that may change between a run and its resumption.
-_RESUMABLE_CHANGES = {"steps", "resume", "show_progress", "checkpoint_every", "checkpoints_to_keep"}
 logger = logging.getLogger(__name__)
 
 
 class StopTraining(Exception):
     """Raised by a callback to end training early and keep what was learnt."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM: the step finished, a checkpoint (if configured) was saved."""
 
 
 class Method(Protocol):
@@ -155,33 +158,16 @@ def _weighted_mean(parts: list[tuple[dict, int]]) -> dict:
     return {k: sum(m[k] * n for m, n in parts) / total for k in keys}
 
 
-def _checkpoints(checkpoint_dir: str | Path | None) -> list[Path]:
-    """Complete checkpoint folders, oldest first (temporary folders never match)."""
-    if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
-        return []
-    return sorted(p for p in Path(checkpoint_dir).iterdir()
-                  if p.is_dir() and _CHECKPOINT_RE.match(p.name))
-
-
 def latest_checkpoint(checkpoint_dir: str | Path | None) -> Path | None:
-    """Newest complete checkpoint folder, or None."""
-    found = _checkpoints(checkpoint_dir)
+    """Newest checkpoint folder, or None (not verified: see ``checkpoints.verify``)."""
+    found = checkpoints.step_folders(checkpoint_dir)
     return found[-1] if found else None
 
 
-def _check_same_config(checkpoint: Path, saved: dict, cfg: TrainConfig) -> None:
-    current = dataclasses.asdict(cfg)
-    differ = sorted(k for k in set(saved) | set(current)
-                    if k not in _RESUMABLE_CHANGES and saved.get(k) != current.get(k))
-    if differ:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differ)
-        raise ValueError(f"cannot resume from {checkpoint}: its config differs ({details}); "
-                         "set resume: false to start over, or restore those values")
-
-
-def _save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, step: int, log: list[dict]) -> None:
+def _save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, step: int, log: list[dict],
+                     fingerprints: dict[str, str]) -> Path:
     """Every rank writes its part into one temporary folder; the main process then
-    renames it into place and rotates old checkpoints."""
+    writes the trainer state, renames the folder into place and rotates old ones."""
     root = Path(cfg.checkpoint_dir)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
@@ -192,14 +178,65 @@ def _save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, step: int, log:
     accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        state = {"step": step, "log": log, "config": dataclasses.asdict(cfg)}
-        (tmp / "trainer_state.json").write_text(json.dumps(state))
+        checkpoints.write_state(tmp, step, log, cfg, fingerprints)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        for old in _checkpoints(root)[:-cfg.checkpoints_to_keep]:
-            shutil.rmtree(old)
+        checkpoints.rotate(root, cfg.checkpoints_to_keep)
     accelerator.wait_for_everyone()
+    return final
+
+
+def _resume_point(accelerator: Accelerator, cfg: TrainConfig,
+                  fingerprints: dict[str, str]) -> tuple[Path, dict] | None:
+    """The main process chooses (it may move folders aside); every rank gets its answer,
+    or its error, so no rank waits forever on one that raised."""
+    found: list = [None]
+    if accelerator.is_main_process:
+        try:
+            found = [checkpoints.find_resumable(cfg, fingerprints)]
+        except checkpoints.CheckpointError as err:
+            found = [err]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(found)
+    if isinstance(found[0], Exception):
+        raise found[0]
+    return found[0]
+
+
+class _StopSignals:
+    """Turns SIGINT/SIGTERM into a flag read at the step boundary; a second signal
+    interrupts at once. Only the main thread may install handlers."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping now")
+        self.received = signal.Signals(signum).name
+        logger.warning("%s received: finishing this step, then saving a checkpoint", self.received)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _any_rank(accelerator: Accelerator, flag: bool) -> bool:
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "sum").item())
+
+
+def _non_finite_gradients(named: list[tuple[str, torch.nn.Parameter]]) -> list[str]:
+    return [n for n, p in named if p.grad is not None and not torch.isfinite(p.grad).all()]
 
 
 def to_device(batch: object, device: torch.device) -> object:
@@ -227,6 +264,57 @@ def reduce_metrics(accelerator: Accelerator, row: dict) -> dict:
         out[k] = float(column.sum() if k in _SUMMED else
                        column.max() if k.startswith("time/") else column.mean())
     return out
+
+
+def _one_step(accelerator: Accelerator, model: torch.nn.Module, policy: torch.nn.Module,
+              method: Method, rows: list[dict], cfg: TrainConfig, step: int,
+              trainable: list[torch.nn.Parameter], named: list[tuple[str, torch.nn.Parameter]],
+              optimizer, scheduler) -> dict:
+    """Rollout (or batch), the update epochs, the after-update re-sync; the step's log row."""
+    t_step = time.perf_counter()
+    torch.manual_seed(cfg.seed * 1_000_003 + step)
+    indices = step_row_indices(len(rows), method.rows_per_step, step, cfg.seed)
+    rank_indices = indices[accelerator.process_index::accelerator.num_processes]
+    batch, row = method.prepare(policy, [rows[i] for i in rank_indices])
+    batch = to_device(batch, accelerator.device)
+
+    t_update = time.perf_counter()
+    for _ in range(method.updates_per_batch):
+        optimizer.zero_grad(set_to_none=True)
+        parts = split_batch(batch, cfg.grad_accum_chunks)
+        total = sum(n for _, n in parts)
+        chunk_metrics = []
+        for i, (chunk, n) in enumerate(parts):
+            sync = accelerator.no_sync(model) if i < len(parts) - 1 else contextlib.nullcontext()
+            with sync:
+                loss, metrics = method.loss(model, chunk)
+                # Every rank must agree before the collective backward.
+                bad_ranks = accelerator.reduce(
+                    (~torch.isfinite(loss.detach())).float().reshape(1), "sum")
+                if bad_ranks.item() > 0:
+                    raise FloatingPointError(
+                        f"{method.name}: non-finite loss at step {step + 1}: {metrics}")
+                accelerator.backward(loss * (n / total))
+            chunk_metrics.append((metrics, n))
+        grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))
+        if not math.isfinite(grad_norm):
+            bad = _non_finite_gradients(named)
+            raise FloatingPointError(
+                f"{method.name}: non-finite gradient at step {step + 1} in "
+                f"{', '.join(bad[:5]) or 'another rank'}{' …' if len(bad) > 5 else ''}; "
+                "the optimiser step was skipped and the last checkpoint is intact")
+        optimizer.step()
+        scheduler.step()
+    method.after_update(policy)
+
+    now = time.perf_counter()
+    row.update(_weighted_mean(chunk_metrics))
+    row.update({"step": step + 1, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
+                "time/update": now - t_update, "time/step": now - t_step})
+    row = reduce_metrics(accelerator, row)
+    if "tokens" in row:
+        row["tokens_per_sec"] = row["tokens"] / row["time/step"]
+    return row
 
 
 def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainConfig,
@@ -257,73 +345,45 @@ def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainCo
 
     policy = accelerator.unwrap_model(model)  # generation and no-grad forwards use it
     # Before any checkpoint is loaded: the frozen start policy (KL, DPO) must be the
-    # policy training began from, not the resumed one.
+    # policy training began from, not the resumed one; the fingerprints likewise.
     method.setup(policy)
+    fingerprints = {"starting weights": checkpoints.weights_fingerprint(
+                        [accelerator.unwrap_model(m) for m in (model, *extra)]),
+                    "training rows": checkpoints.rows_fingerprint(rows)}
     start_step, history = 0, []
-    checkpoint = latest_checkpoint(cfg.checkpoint_dir) if cfg.resume else None
-    if checkpoint is not None:
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
-        _check_same_config(checkpoint, state["config"], cfg)
+    found = _resume_point(accelerator, cfg, fingerprints) if cfg.checkpoint_dir else None
+    if found is not None:
+        checkpoint, state = found
         accelerator.load_state(str(checkpoint))
         method.after_update(policy)  # re-sync a sampling copy with the loaded weights
         start_step, history = state["step"], state["log"]
         logger.info("%s: resumed from %s", method.name, checkpoint)
-    elif not cfg.resume and _checkpoints(cfg.checkpoint_dir):
-        logger.warning("%s: resume is off; removing old checkpoints in %s", method.name, cfg.checkpoint_dir)
-        for old in _checkpoints(cfg.checkpoint_dir):
-            shutil.rmtree(old)
+    named = [(n, p) for m in (model, *extra) for n, p in accelerator.unwrap_model(m).named_parameters()
+             if p.requires_grad]
 
     progress = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps,
                     desc=method.name, dynamic_ncols=True,
                     disable=not cfg.show_progress or not accelerator.is_local_main_process)
     try:
-        for step in progress:
-            t_step = time.perf_counter()
-            torch.manual_seed(cfg.seed * 1_000_003 + step)
-            indices = step_row_indices(len(rows), method.rows_per_step, step, cfg.seed)
-            rank_indices = indices[accelerator.process_index::accelerator.num_processes]
-            batch, row = method.prepare(policy, [rows[i] for i in rank_indices])
-            batch = to_device(batch, accelerator.device)
-
-            t_update = time.perf_counter()
-            for _ in range(method.updates_per_batch):
-                optimizer.zero_grad(set_to_none=True)
-                parts = split_batch(batch, cfg.grad_accum_chunks)
-                total = sum(n for _, n in parts)
-                chunk_metrics = []
-                for i, (chunk, n) in enumerate(parts):
-                    sync = accelerator.no_sync(model) if i < len(parts) - 1 else contextlib.nullcontext()
-                    with sync:
-                        loss, metrics = method.loss(model, chunk)
-                        # Every rank must agree before the collective backward.
-                        bad_ranks = accelerator.reduce(
-                            (~torch.isfinite(loss.detach())).float().reshape(1), "sum")
-                        if bad_ranks.item() > 0:
-                            raise FloatingPointError(
-                                f"{method.name}: non-finite loss at step {step}: {metrics}")
-                        accelerator.backward(loss * (n / total))
-                    chunk_metrics.append((metrics, n))
-                grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))
-                if not math.isfinite(grad_norm):
-                    raise FloatingPointError(f"{method.name}: non-finite gradient norm at step {step}")
-                optimizer.step()
-                scheduler.step()
-            method.after_update(policy)
-
-            now = time.perf_counter()
-            row.update(_weighted_mean(chunk_metrics))
-            row.update({"step": step + 1, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
-                        "time/update": now - t_update, "time/step": now - t_step})
-            row = reduce_metrics(accelerator, row)
-            if "tokens" in row:
-                row["tokens_per_sec"] = row["tokens"] / row["time/step"]
-            history.append(row)
-            progress.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "reward/mean") if k in row})
-
-            if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-                _save_checkpoint(accelerator, cfg, step + 1, history)
-            for callback in callbacks:
-                callback(step + 1, row)
+        with _StopSignals() as stop:
+            for step in progress:
+                history.append(_one_step(accelerator, model, policy, method, rows, cfg, step,
+                                         trainable, named, optimizer, scheduler))
+                row = history[-1]
+                progress.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "reward/mean") if k in row})
+                interrupted = _any_rank(accelerator, stop.received is not None)
+                last = step + 1 == cfg.steps
+                if cfg.checkpoint_dir and (interrupted or (cfg.checkpoint_every and (
+                        (step + 1) % cfg.checkpoint_every == 0 or last))):
+                    saved = _save_checkpoint(accelerator, cfg, step + 1, history, fingerprints)
+                if interrupted:
+                    where = (f"checkpoint saved at {saved}; rerun the same command to resume"
+                             if cfg.checkpoint_dir else "no checkpoint_dir is set, so nothing was saved")
+                    raise TrainingInterrupted(
+                        f"{method.name}: stopped by {stop.received or 'a signal on another rank'} "
+                        f"after step {step + 1} of {cfg.steps}; {where}")
+                for callback in callbacks:
+                    callback(step + 1, row)
     except StopTraining:
         pass
     finally:
