@@ -39,8 +39,10 @@ def test_gguf_import_gives_a_plain_trainable_savable_model(tmp_path):
     assert torch.allclose(bundle.model(ids).logits, reloaded(ids).logits)
 
 
-def test_hub_ids_starting_with_data_are_not_taken_for_local_paths(tmp_path):
-    assert not HFModelDataset(path="databricks/dolly-v2-3b")._is_local()
-    assert not HFModelDataset(path="HuggingFaceTB/SmolLM2-360M-Instruct")._is_local()
-    assert HFModelDataset(path="data/06_models/sft")._is_local()
-    assert HFModelDataset(path=str(tmp_path))._is_local()
+def test_hub_ids_go_through_source_and_paths_stay_local(tmp_path):
+    with pytest.raises(DatasetError, match="exactly one of 'path'"):
+        HFModelDataset(path=str(tmp_path), source="HuggingFaceTB/SmolLM2-360M-Instruct")
+    with pytest.raises(DatasetError, match="read-only"):
+        HFModelDataset(source="HuggingFaceTB/SmolLM2-360M-Instruct").save("a model")
+    with pytest.raises(DatasetError, match="trust_remote_code = 'yes'"):
+        HFModelDataset(path=str(tmp_path), trust_remote_code="yes")

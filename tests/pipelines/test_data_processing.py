@@ -69,7 +69,7 @@ def test_hh_transcripts_split_into_prompt_reference_and_rejected():
 
 
 def test_hh_fixture_through_load_dataset_with_malformed_rows_reported(hh_file):
-    raw = HFLoadDataset(path="json", load_args={"data_files": str(hh_file), "split": "train"}).load()
+    raw = HFLoadDataset(source="json", load_args={"data_files": str(hh_file), "split": "train"}).load()
     params = DataConfig(format="hh_rlhf", test_fraction=0.3, validation_fraction=0.3, seed=3)
     rows, report = extract_pairs(raw, params)
     assert report["raw_rows"] == 7 and report["pairs_extracted"] == 2
@@ -90,7 +90,7 @@ def test_wrong_types_are_counted():
 
 
 def test_missing_column_is_a_clear_error(hh_file):
-    raw = HFLoadDataset(path="json", load_args={"data_files": str(hh_file), "split": "train"}).load()
+    raw = HFLoadDataset(source="json", load_args={"data_files": str(hh_file), "split": "train"}).load()
     with pytest.raises(KeyError, match="column 'question' \\(for 'prompt'\\) not in the raw dataset"):
         extract_pairs(raw, DataConfig(format="columns", columns={"prompt": "question"}))
 

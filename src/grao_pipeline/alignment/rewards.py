@@ -223,9 +223,18 @@ class CompositeReward:
 
 def pairwise_verdicts(scores: torch.Tensor | list[float], baseline_scores: torch.Tensor | list[float],
                       tie_margin: float) -> torch.Tensor:
-    """sign(Q(a) − Q(b)) with |Q(a) − Q(b)| <= tie_margin a tie. Returns [N] in {-1, 0, 1}."""
-    diff = torch.as_tensor(scores, dtype=torch.float64) - torch.as_tensor(
-        baseline_scores, dtype=torch.float64)
+    """sign(Q(a) − Q(b)) with |Q(a) − Q(b)| <= tie_margin a tie. Returns [N] in {-1, 0, 1}.
+
+    A non-finite score is refused: NaN compares as neither a win nor a loss, and would
+    otherwise be counted as a tie."""
+    a = torch.as_tensor(scores, dtype=torch.float64)
+    b = torch.as_tensor(baseline_scores, dtype=torch.float64)
+    for label, values in (("score", a), ("baseline score", b)):
+        bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(f"pairwise verdict: {label} {bad[0]} is {values[bad[0]].item()} "
+                             f"({len(bad)} non-finite of {values.numel()})")
+    diff = a - b
     return torch.where(diff.abs() <= tie_margin, torch.zeros_like(diff), torch.sign(diff)).long()
 
 

@@ -7,11 +7,10 @@ Models are never pickled: ``HFModelDataset`` writes ``save_pretrained`` director
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from kedro.io import AbstractDataset, DatasetError
 
 from grao_pipeline.alignment.models import (
@@ -21,47 +20,66 @@ from grao_pipeline.alignment.models import (
     package_dir,
     save_model,
 )
+from grao_pipeline.io.atomic import replace_atomically
+
+
+def _path_or_source(kind: str, path: str | None, source: str | None) -> None:
+    if (path is None) == (source is None):
+        raise DatasetError(f"{kind} needs exactly one of 'path' (a local folder; Kedro makes it "
+                           "absolute) or 'source' (a hub id or builder name, passed unchanged)")
+
+
+def _missing_local(path: str, kind: str) -> str:
+    """Why a local ``path`` does not exist, and the fix: a hub id under ``path`` has been
+    made absolute by Kedro; a project output has not been produced yet."""
+    parts = Path(path).parts
+    hub_like = "/".join(parts[-2:]) if len(parts) >= 2 else path
+    return (f"no {kind} at {path}. If '{hub_like}' is a hub id, write it as 'source: {hub_like}' "
+            "(Kedro turns every catalog 'path' into a folder of the project); if it is an "
+            "output of this project, run the pipeline that produces it first")
 
 
 class HFModelDataset(AbstractDataset[ModelAndTokenizer, ModelAndTokenizer]):
-    """A causal LM + tokenizer as a Hugging Face directory (or, read-only, a hub id).
+    """A causal LM + tokenizer as a Hugging Face directory (``path``), or read-only from a
+    hub id (``source``, passed to ``from_pretrained`` unchanged).
 
-    Saves go to a temporary sibling folder that is renamed into place, so a crash
-    mid-save leaves the previous model intact.
+    Saves go through ``replace_atomically``: a crash mid-save leaves the previous
+    model (or none), never a half-written one. ``trust_remote_code`` (default false)
+    lets a model's own Python code run; it logs a warning.
     """
 
-    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
+    def __init__(self, path: str | None = None, source: str | None = None,
+                 trust_remote_code: bool = False, metadata: dict[str, Any] | None = None):
+        _path_or_source("HFModelDataset", path, source)
+        if not isinstance(trust_remote_code, bool):
+            raise DatasetError(f"HFModelDataset.trust_remote_code = {trust_remote_code!r}: "
+                               "must be true or false")
         self._path = path
+        self._source = source
+        self._trust_remote_code = trust_remote_code
         self.metadata = metadata
 
-    def _is_local(self) -> bool:
-        return Path(self._path).exists() or self._path.startswith((".", "/", "data/"))
-
     def load(self) -> ModelAndTokenizer:
-        if self._is_local() and not (Path(self._path) / "config.json").is_file():
-            raise DatasetError(f"no model directory at {self._path} (config.json missing); "
-                               "run the pipeline that produces it first")
-        return load_model(self._path)
+        if self._source is not None:
+            return load_model(self._source, trust_remote_code=self._trust_remote_code)
+        if not Path(self._path).exists():
+            raise DatasetError(_missing_local(self._path, "model directory"))
+        return load_model(self._path, trust_remote_code=self._trust_remote_code)
 
     def save(self, data: ModelAndTokenizer) -> None:
+        if self._path is None:
+            raise DatasetError(f"HFModelDataset(source={self._source}) is read-only; "
+                               "give a 'path' to save")
         if not isinstance(data, ModelAndTokenizer):
             raise DatasetError(f"HFModelDataset({self._path}) expects a ModelAndTokenizer, "
                                f"got {type(data).__name__}")
-        final = Path(self._path)
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_model(data, tmp)
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_atomically(self._path, lambda tmp: save_model(data, tmp))
 
     def _exists(self) -> bool:
-        return (Path(self._path) / "config.json").is_file()
+        return self._path is not None and (Path(self._path) / "config.json").is_file()
 
     def _describe(self) -> dict[str, Any]:
-        return {"path": self._path}
+        return {"path": self._path, "source": self._source}
 
 
 class GGUFModelDataset(AbstractDataset[None, ModelAndTokenizer]):
@@ -112,7 +130,11 @@ class ChitchatDataset(AbstractDataset[None, Any]):
         path = Path(self._path) if self._path else package_dir("chitchat_dataset") / "dataset.json"
         if not path.is_file():
             raise DatasetError(f"chitchat data file not found: {path}")
-        raw = json.loads(path.read_text())
+        try:
+            raw = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise DatasetError(f"{path}: not UTF-8 at byte {err.start} "
+                               f"({err.object[err.start:err.start + 1]!r})") from err
         rows = []
         for conv_id, conv in raw.items():
             turns = [{"sender": str(t[0]["sender"]) if t else "",
@@ -128,29 +150,64 @@ class ChitchatDataset(AbstractDataset[None, Any]):
         return {"path": self._path or "<chitchat_dataset package>"}
 
 
-class HFLoadDataset(AbstractDataset[None, Any]):
-    """Read-only: any dataset ``datasets.load_dataset`` can open: a hub id (where a hub
-    is reachable), a local folder of data files, or a builder name with ``data_files``.
+_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "imagefolder", "audiofolder"}
 
-    ``load_args`` go to ``load_dataset`` (e.g. ``split``, ``data_dir``, ``data_files``);
-    ``split`` is required so the result is one ``Dataset``.
+
+def _unicode_error(err: BaseException) -> UnicodeDecodeError | None:
+    while err is not None:
+        if isinstance(err, UnicodeDecodeError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+class HFLoadDataset(AbstractDataset[None, Any]):
+    """Read-only: any dataset ``datasets.load_dataset`` can open.
+
+    ``path``: a local folder of data files (Kedro makes it absolute). ``source``: a hub
+    id (where a hub is reachable) or a builder name (``json``, ``parquet``, … with
+    ``load_args.data_files``), passed to ``load_dataset`` unchanged. ``load_args`` go to
+    ``load_dataset`` (e.g. ``split``, ``data_dir``, ``data_files``); ``split`` is
+    required so the result is one ``Dataset``.
     """
 
-    def __init__(self, path: str, load_args: dict[str, Any] | None = None,
-                 metadata: dict[str, Any] | None = None):
+    def __init__(self, path: str | None = None, source: str | None = None,
+                 load_args: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None):
+        _path_or_source("HFLoadDataset", path, source)
         self._path = path
+        self._source = source
         self._load_args = dict(load_args or {})
         if "split" not in self._load_args:
-            raise DatasetError(f"HFLoadDataset({path}): load_args.split is required")
+            raise DatasetError(f"HFLoadDataset({path or source}): load_args.split is required")
+        if source in _BUILDERS and "data_files" not in self._load_args:
+            raise DatasetError(f"HFLoadDataset: {source!r} is a builder: give load_args.data_files")
         self.metadata = metadata
 
     def load(self):
         import datasets
 
-        return datasets.load_dataset(self._path, **self._load_args)
+        if self._path is not None and not Path(self._path).exists():
+            raise DatasetError(_missing_local(self._path, "dataset folder"))
+        where = self._load_args.get("data_files", self._path or self._source)
+        try:
+            loaded = datasets.load_dataset(self._path or self._source, **self._load_args)
+        except Exception as err:
+            bad = _unicode_error(err)
+            if bad is None:
+                raise
+            raise DatasetError(f"{where}: not UTF-8 at byte {bad.start} "
+                               f"({bad.object[bad.start:bad.start + 1]!r})") from err
+        # pyarrow's JSON reader stores invalid UTF-8 as is; it would fail only when a
+        # row is read, far from here.
+        try:
+            loaded.data.table.validate(full=True)
+        except pa.ArrowInvalid as err:
+            raise DatasetError(f"{where}: not UTF-8 text ({err}); "
+                               "re-encode the file as UTF-8") from err
+        return loaded
 
     def save(self, data: Any) -> None:
         raise DatasetError("HFLoadDataset is read-only")
 
     def _describe(self) -> dict[str, Any]:
-        return {"path": self._path, "load_args": self._load_args}
+        return {"path": self._path, "source": self._source, "load_args": self._load_args}

@@ -31,12 +31,24 @@ def _extras(params: DataConfig) -> dict[str, str]:
     return {k: v for k, v in params.columns.items() if k not in STRUCTURAL}
 
 
+def _likely_format(columns: list[str]) -> str | None:
+    if {"chosen", "rejected"} <= set(columns):
+        return "hh_rlhf"
+    if "turns" in columns:
+        return "chitchat"
+    return None
+
+
 def _require_columns(raw: datasets.Dataset, params: DataConfig, names: list[str]) -> None:
+    likely = _likely_format(raw.column_names)
     for name in [*names, *_extras(params)]:
         column = _mapped(params, name)
         if column not in raw.column_names:
-            raise KeyError(f"column {column!r} (for {name!r}) not in the raw dataset; "
-                           f"it has {raw.column_names}. Set data_processing.columns.{name}.")
+            fix = (f"this looks like {likely} data: set data_processing.format: {likely}"
+                   if likely and likely != params.format and name in STRUCTURAL else
+                   f"map it with data_processing.columns.{name}: <column>")
+            raise KeyError(f"column {column!r} (for {name!r}) not in the raw dataset, which has "
+                           f"{raw.column_names} (format {params.format!r}); {fix}")
 
 
 def split_hh_transcript(transcript: str) -> tuple[str, str]:
