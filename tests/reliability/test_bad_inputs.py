@@ -194,7 +194,8 @@ def test_the_table_has_at_least_30_cases():
 @pytest.mark.parametrize("section, change, message", [
     ("grao", {"exploration": "flase"}, "exploration = 'flase': must be bool"),
     ("grao", {"num_generations": 2.5}, "num_generations = 2.5: must be int"),
-    ("rewards", {"components": {"relevance": {"weight": 0}}}, "every weight is 0"),
+    ("rewards", {"components": {n: {"weight": 0} for n in ("relevance", "positivity", "profanity")}},
+     "every weight is 0"),
 ])
 def test_kedro_refuses_bad_parameters_before_touching_anything(project, section, change, message):  # noqa: F811
     kedro_run(project, ["data_processing", "sft"])
@@ -208,7 +209,7 @@ def test_kedro_refuses_bad_parameters_before_touching_anything(project, section,
 @pytest.mark.slow
 def test_nan_rewards_in_evaluation_fail_naming_the_reward_and_write_no_metrics(project):  # noqa: F811
     params = {**TINY_RUN, "rewards": {"components": {"tests.helpers:half_nan_reward": {"weight": 1.0}}}}
-    kedro_run(project, ["data_processing"])
+    kedro_run(project, ["data_processing", "sft", "grao"])
     with pytest.raises(Exception, match="reward 'tests.helpers:half_nan_reward' returned nan"):
         kedro_run(project, ["evaluation"], params)
     assert not (project / "data/08_reporting/evaluation_metrics.json").exists()

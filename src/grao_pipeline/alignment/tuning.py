@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import logging
 import os
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 import datasets
 import numpy as np
 import optuna
+import sqlalchemy
 from optuna.storages import (
     JournalStorage,
     RDBStorage,
@@ -74,11 +76,21 @@ def make_storage(cfg: StudyConfig) -> optuna.storages.BaseStorage:
         return JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5, and documented
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(url, heartbeat_interval=cfg.heartbeat_interval,
-                          grace_period=cfg.grace_period,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(cfg.max_retry))
+    # Workers started together on a new PostgreSQL database race to create Optuna's
+    # schema; the loser gets "already exists" and, once the winner is done, can connect.
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5, and documented
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, heartbeat_interval=cfg.heartbeat_interval,
+                                  grace_period=cfg.grace_period,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                                      cfg.max_retry))
+        except sqlalchemy.exc.DBAPIError as err:
+            if "already exists" not in str(err) or attempt == 4:
+                raise
+            log.info("another worker is creating the Optuna schema in %s; retrying", cfg.storage)
+            time.sleep(0.5 * (attempt + 1))
 
 
 def suggest(trial: optuna.Trial, search_space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
