@@ -7,8 +7,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,7 +38,8 @@ def set_params(repo: Path, filename: str, values: dict) -> None:
 
 
 def sh(repo: Path, *args: str) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # wide: rich would wrap Kedro's log lines into columns
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "COLUMNS": "400"}
     done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout + done.stderr
@@ -66,7 +69,7 @@ def repo(tmp_path, tiny):
     sh(repo, "git", "config", "user.email", "test@example.com")
     sh(repo, "git", "config", "user.name", "test")
     sh(repo, "dvc", "init", "-q")
-    sh(repo, "dvc", "config", "core.analytics", "false")
+    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")  # the committed remote
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "init")
     return repo
@@ -100,6 +103,54 @@ def test_repro_caches_and_reruns_only_what_changed(repo):
     shown = list(csv.DictReader(io.StringIO(sh(repo, "dvc", "exp", "show", "--no-pager", "--csv"))))
     (lam_column,) = [c for c in shown[0] if c.endswith("grao.lam")]
     assert sorted({float(r[lam_column]) for r in shown if r[lam_column]}) == [0.0, 0.6]
+
+
+@pytest.mark.slow
+def test_a_killed_repro_resumes_and_push_pull_share_head_and_experiments(repo, tmp_path):
+    set_params(repo, "parameters_grao.yml", {"steps": 30, "checkpoint_every": 2})
+    sh(repo, "git", "commit", "-qam", "30 grao steps")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    first = subprocess.Popen(["dvc", "repro", "grao"], cwd=repo, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = repo / "data/06_models/checkpoints/grao/step-000004"
+    deadline = time.time() + 600
+    while not checkpoint.exists():
+        assert first.poll() is None and time.time() < deadline, "dvc repro ended before the kill"
+        time.sleep(0.02)
+    os.killpg(first.pid, signal.SIGKILL)  # dvc and the kedro run under it
+    first.wait()
+    assert not (repo / "data/06_models/grao").exists()
+
+    out = sh(repo, "dvc", "repro")
+    assert re.search(r"grao: resumed from \S*step-0000(0[4-9]|[12]\d)", out)
+    steps = [int(row["step"]) for row in csv.DictReader(
+        (repo / "data/08_reporting/grao_training_log.csv").open())]
+    assert steps == list(range(1, 31))
+    assert "up to date" in sh(repo, "dvc", "status")
+
+    # HEAD's outputs, checkpoints included, reach a fresh clone through the committed remote
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "run")
+    sh(repo, "dvc", "push")
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    sh(clone, "dvc", "pull")
+    assert "up to date" in sh(clone, "dvc", "status")
+    assert (clone / "data/06_models/checkpoints/grao/step-000030/trainer_state.json").is_file()
+
+    # an experiment is applied and committed through DVC's own commands, then shared
+    sh(repo, "dvc", "exp", "run", "-n", "lam0", "-S", "conf/base/parameters_grao.yml:grao.lam=0.0")
+    sh(repo, "git", "reset", "-q", "--hard")
+    sh(repo, "dvc", "checkout", "-q")
+    sh(repo, "dvc", "exp", "apply", "lam0")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "lam 0")
+    sh(repo, "dvc", "push")
+    sh(clone, "git", "pull", "-q")
+    sh(clone, "dvc", "pull")
+    assert "up to date" in sh(clone, "dvc", "status")
+    pulled = json.loads((clone / "data/08_reporting/evaluation_metrics.json").read_text())
+    assert pulled == json.loads((repo / "data/08_reporting/evaluation_metrics.json").read_text())
 
 
 @pytest.mark.parametrize("stage, module", [("sft", "grao_pipeline.pipelines.sft"),
