@@ -146,6 +146,8 @@ def find_resumable(cfg: TrainConfig, fingerprints: dict[str, str]) -> tuple[Path
     "training rows": ...} of this run, compared with the checkpoint's.
     """
     root = cfg.checkpoint_dir
+    # Created even when no checkpoint is due: it is a declared DVC output of the stage.
+    Path(root).mkdir(parents=True, exist_ok=True)
     clean_temporary(root)
     if not cfg.resume:
         move_aside(root, "resume is off") if root else None
