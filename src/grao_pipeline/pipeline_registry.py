@@ -4,7 +4,8 @@
 (``alignment/methods``) gets a pipeline of its own (``kedro run --pipelines grpo``), and
 ``compare`` gets one namespaced run per (method, seed) of ``compare.methods`` ×
 ``compare.seeds`` in the configuration in force. ``tuning`` and ``sensitivity`` run
-Optuna studies of the method their parameters name.
+Optuna studies of the method their parameters name. ``reward_model`` trains a reward
+model on preference pairs with TRL's ``RewardTrainer``.
 """
 
 from pathlib import Path
@@ -17,7 +18,7 @@ from kedro.utils import find_kedro_project
 from grao_pipeline.alignment.config import CompareConfig, SensitivityConfig, TuningConfig
 from grao_pipeline.alignment.methods import registered_methods
 from grao_pipeline.hooks import active_parameters
-from grao_pipeline.pipelines import compare, data_processing, evaluation, sft, tuning
+from grao_pipeline.pipelines import compare, data_processing, evaluation, reward_model, sft, tuning
 from grao_pipeline.pipelines.training import method_pipeline
 
 
@@ -40,6 +41,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         "data_processing": data_processing.create_pipeline(),
         "sft": sft.create_pipeline(),
         "evaluation": evaluation.create_pipeline(),
+        "reward_model": reward_model.create_pipeline(),
     }
     for name in registered_methods():
         if name not in pipelines:  # "sft" is the warm start, from base_model

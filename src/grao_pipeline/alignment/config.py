@@ -358,6 +358,35 @@ class DPOConfig(TrainConfig):
 
 
 @dataclass
+class RewardModelConfig:
+    """A reward model trained on preference pairs with TRL's ``RewardTrainer``."""
+
+    epochs: float = 2.0
+    """Passes over the training pairs."""
+    learning_rate: float = 5e-5
+    """AdamW learning rate."""
+    batch_size: int = 8
+    """Pairs per optimiser step."""
+    max_length: int = 256
+    """Longest tokenised (prompt, answer) sequence; longer ones are truncated."""
+    eval_fraction: float = 0.2
+    """Share of the pairs held out for the pair-accuracy estimate."""
+    bootstrap_resamples: int = 1000
+    """Resamples for the held-out accuracy interval."""
+    seed: int = 0
+    """Seeds the split, the head's initialisation and the data order."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        _require(self.epochs > 0, self, "epochs", "must be > 0")
+        _require(self.learning_rate > 0, self, "learning_rate", "must be > 0")
+        _require(self.batch_size >= 1, self, "batch_size", "must be >= 1")
+        _require(self.max_length >= 8, self, "max_length", "must be >= 8")
+        _require(0.0 < self.eval_fraction < 1.0, self, "eval_fraction", "must be in (0, 1)")
+        _require(self.bootstrap_resamples >= 100, self, "bootstrap_resamples", "must be >= 100")
+
+
+@dataclass
 class EvalConfig:
     """Held-out evaluation: fixed decoding, rewards, bootstrap intervals."""
 

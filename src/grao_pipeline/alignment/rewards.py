@@ -198,13 +198,15 @@ def resolve_reward(name: str, options: dict | None = None) -> RewardFn:
 
 
 class CompositeReward:
-    """Q = Σ_k w_k · R_k, batched. Also exposes each component for logging."""
+    """Q = Σ_k w_k · R_k, batched. Also exposes each component for logging. A component
+    with weight 0 is not built or called (an environment switches one off that way)."""
 
     def __init__(self, cfg: RewardConfig):
-        self.weights = {name: float(block["weight"]) for name, block in cfg.components.items()}
+        active = {name: block for name, block in cfg.components.items() if block["weight"] != 0}
+        self.weights = {name: float(block["weight"]) for name, block in active.items()}
         self.components = {
             name: resolve_reward(name, {k: v for k, v in block.items() if k != "weight"})
-            for name, block in cfg.components.items()}
+            for name, block in active.items()}
 
     def components_and_total(self, prompts: list[str], completions: list[str],
                              references: list[str], **columns) -> dict[str, list[float]]:
@@ -250,3 +252,7 @@ class PairwiseJudge:
         q_answer = self.quality(prompts, completions, references, **columns)
         q_reference = self.quality(prompts, references, references, **columns)
         return pairwise_verdicts(q_answer, q_reference, self.tie_margin).float().tolist()
+
+
+# Rewards in modules of their own register on import.
+from grao_pipeline.alignment import judge, reward_model  # noqa: E402, F401
