@@ -63,6 +63,11 @@ def tune(warm_start: ModelAndTokenizer, train_set: datasets.Dataset,
     return (trials, tuned, report, *study_figures(study, list(params.search_space)))
 
 
+def _number(value: float) -> float | None:
+    """JSON has no NaN: an undefined spread (one seed, one cell) is written as null."""
+    return value if np.isfinite(value) else None
+
+
 def sensitivity(warm_start: ModelAndTokenizer, train_set: datasets.Dataset,
                 validation_set: datasets.Dataset, params: SensitivityConfig, evaluation: EvalConfig,
                 reward_params: RewardConfig, method_params: list
@@ -85,8 +90,8 @@ def sensitivity(warm_start: ModelAndTokenizer, train_set: datasets.Dataset,
     report = {
         "objective": params.objective, "cells": int(cells.size),
         "centre": params.centre, "centre_values_by_seed": at_centre.set_index("seed")["value"].to_dict(),
-        "centre_seed_std": seed_std, "std_across_cells": cell_std,
-        "range_across_cells": float(np.nanmax(cells.to_numpy()) - np.nanmin(cells.to_numpy())),
+        "centre_seed_std": _number(seed_std), "std_across_cells": _number(cell_std),
+        "range_across_cells": _number(float(np.nanmax(cells.to_numpy()) - np.nanmin(cells.to_numpy()))),
         "best_cell": {"beta": float(first.loc[first["value"].idxmax(), "beta"]),
                       "lam": float(first.loc[first["value"].idxmax(), "lam"]),
                       "value": float(first["value"].max())},
