@@ -65,3 +65,21 @@ def test_steps_to_reach_reports_no_gain_instead_of_a_fast_step():
     assert steps_to_reach([0.0, 0.5, 1.0, 1.0], fraction=0.5, window=1) == 2
     assert np.isnan(steps_to_reach([1.0, 0.8, 0.5, 0.2], window=1))  # falling: never "fast"
     assert np.isnan(steps_to_reach([0.3] * 5, window=3))  # flat
+
+
+def test_length_matched_and_the_length_controlled_win_rate_by_hand():
+    from grao_pipeline.alignment.metrics import length_matched, two_level_bootstrap_ci
+
+    # reference 20 tokens: ±4 matches; reference 5 tokens: ±3 (the floor) matches
+    matched = length_matched([24, 25, 8, 9, 20], [20, 20, 5, 5, 20])
+    assert matched.tolist() == [1.0, 0.0, 1.0, 0.0, 1.0]
+    wins = [1.0, 1.0, 0.0, 1.0, 1.0]  # the long answers win: raw RAS 0.8
+    raw = bootstrap_ci(wins, 200)
+    controlled = bootstrap_ci(wins, 200, weights=matched)
+    assert raw["value"] == pytest.approx(0.8)
+    assert controlled["value"] == pytest.approx(2 / 3)  # wins among the matched only
+    assert 0.0 <= controlled["ci_low"] <= controlled["value"] <= controlled["ci_high"] <= 1.0
+    two = two_level_bootstrap_ci([wins, wins], 200, weights=[matched, matched])
+    assert two["value"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="no values with positive weight"):
+        bootstrap_ci(wins, 200, weights=[0.0] * 5)

@@ -105,3 +105,22 @@ def test_a_reward_reading_a_dataset_column_in_training_and_evaluation(tiny):
     scored = score_answers(answers, rewards, "tiny")
     assert seen[-1] == [r["answer"] for r in rows]
     assert (scored["reference_reward"] < 1.0).all()
+
+
+def test_the_finished_reward_reads_the_harness_column(tiny):
+    from grao_pipeline.alignment.config import GRAOConfig
+    from grao_pipeline.alignment.methods.common import rollout_and_score
+    from grao_pipeline.alignment.rewards import CompositeReward, finished_reward
+
+    assert finished_reward(["q", "q"], ["a", "b"], ["y", "y"], finished=[True, False]) == [0.0, -1.0]
+    reward = CompositeReward(RewardConfig(components={"finished": {"weight": 1.0}}))
+    cfg = GRAOConfig(prompts_per_step=2, num_generations=4, max_completion_tokens=3,
+                     mixed_precision="fp32", show_progress=False)
+    model, tok = tiny
+    rollout = rollout_and_score(model, tok, reward, [{"prompt": "hi?", "reference": "hello"},
+                                                     {"prompt": "tea?", "reference": "yes"}], cfg)
+    # a random tiny model rarely emits EOS within 3 tokens: samples are cut, and each cut
+    # one scores -1
+    assert rollout.sample_rewards.min().item() == -1.0
+    assert (rollout.reference_rewards == 0.0).all()  # references are finished by definition
+    assert rollout.metrics["frac_truncated"] == pytest.approx(-rollout.sample_rewards.mean().item())

@@ -92,6 +92,8 @@ class DataConfig:
                  "must be 'chitchat', 'hh_rlhf' or 'columns'")
         bad = [k for k, v in self.columns.items() if not (isinstance(k, str) and isinstance(v, str))]
         _require(not bad, self, "columns", f"keys and values must be column names, not {bad}")
+        _require("finished" not in self.columns, self, "columns",
+                 "'finished' is reserved: the harness passes it to rewards (the answer ended with EOS)")
         _require(self.min_chars >= 1, self, "min_chars", "must be >= 1")
         _require(self.max_prompt_chars > self.min_chars, self, "max_prompt_chars",
                  "must exceed min_chars")

@@ -12,12 +12,18 @@ from grao_pipeline.alignment.config import EvalConfig, RewardConfig
 from grao_pipeline.alignment.metrics import sequence_kl
 from grao_pipeline.alignment.models import ModelAndTokenizer, context_length
 from grao_pipeline.alignment.rewards import CompositeReward, pairwise_verdicts
-from grao_pipeline.alignment.rollout import check_prompt_lengths, encode_prompts, sample_completions
+from grao_pipeline.alignment.rollout import (
+    check_prompt_lengths,
+    encode_completions,
+    encode_prompts,
+    sample_completions,
+)
 
 # What ``answer_prompts`` writes; any other column of its frame is a dataset column
 # (e.g. a ground-truth ``answer``), kept so rewards can read it.
-ANSWER_COLUMNS = ("prompt", "reference", "completion", "length", "truncated", "kl_from_start")
-RESERVED_COLUMNS = (*ANSWER_COLUMNS, "model", "start_completion", "reward", "reference_reward",
+ANSWER_COLUMNS = ("prompt", "reference", "completion", "length", "reference_length", "truncated",
+                  "kl_from_start")
+RESERVED_COLUMNS = (*ANSWER_COLUMNS, "finished", "model", "start_completion", "reward", "reference_reward",
                     "start_reward", "verdict_vs_reference", "verdict_vs_start", "seed")
 
 
@@ -52,10 +58,14 @@ def answer_prompts(policy: ModelAndTokenizer, test_set: datasets.Dataset, params
         truncated += samples.truncated.tolist()
         kl += (sequence_kl(model, start_policy.model, encoded, samples.ids, samples.mask).tolist()
                if start_policy is not None else [0.0] * len(samples.texts))
+    references = [r["reference"] for r in rows]
+    # Counted as the completions are: tokens up to and including EOS, within the limit.
+    reference_lengths = encode_completions(tok, references, params.max_new_tokens,
+                                           tok.eos_token_id)[1].sum(1).tolist()
     extra = {k: [r[k] for r in rows] for k in test_set.column_names if k not in ("prompt", "reference")}
-    return pd.DataFrame({"prompt": prompts, "reference": [r["reference"] for r in rows],
-                         "completion": completions, "length": lengths, "truncated": truncated,
-                         "kl_from_start": kl, **extra})
+    return pd.DataFrame({"prompt": prompts, "reference": references, "completion": completions,
+                         "length": lengths, "reference_length": reference_lengths,
+                         "truncated": truncated, "kl_from_start": kl, **extra})
 
 
 def data_columns(answers: pd.DataFrame) -> dict[str, list]:
@@ -74,10 +84,15 @@ def score_answers(answers: pd.DataFrame, reward_params: RewardConfig, label: str
     reward = CompositeReward(reward_params)
     prompts, refs = list(answers["prompt"]), list(answers["reference"])
     columns = data_columns(answers)
-    scores = reward.components_and_total(prompts, list(answers["completion"]), refs, **columns)
-    ref_total = reward(prompts, refs, refs, **columns)
+
+    def finished(frame: pd.DataFrame | None) -> dict[str, list]:
+        return {"finished": [True] * len(prompts) if frame is None else (~frame["truncated"].astype(bool)).tolist()}
+
+    scores = reward.components_and_total(prompts, list(answers["completion"]), refs,
+                                         **columns, **finished(answers))
+    ref_total = reward(prompts, refs, refs, **columns, **finished(None))
     start_total = (scores["total"] if start_answers is None
-                   else reward(prompts, list(start["completion"]), refs, **columns))
+                   else reward(prompts, list(start["completion"]), refs, **columns, **finished(start)))
     scored = answers.assign(
         model=label, start_completion=list(start["completion"]), reward=scores["total"],
         reference_reward=ref_total, start_reward=start_total,

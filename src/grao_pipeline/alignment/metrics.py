@@ -13,34 +13,50 @@ import torch.nn.functional as F
 from grao_pipeline.alignment.rollout import EncodedPrompts, completion_logits
 
 
-def bootstrap_ci(values, resamples: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> dict[str, float]:
-    """Mean of ``values`` with a percentile-bootstrap interval: {"value", "ci_low", "ci_high"}."""
+def _weighted_means(x: np.ndarray, w: np.ndarray, axis) -> np.ndarray:
+    total = w.sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (x * w).sum(axis=axis) / np.where(total > 0, total, 1), np.nan)
+
+
+def _interval(x: np.ndarray, w: np.ndarray, means: np.ndarray, level: float) -> dict[str, float]:
+    """Point estimate and percentile interval; resamples with no weight at all (every
+    drawn prompt unmatched) carry no estimate and are left out."""
+    if w.sum() <= 0:
+        raise ValueError("no values with positive weight")
+    alpha = (1.0 - level) / 2.0
+    return {"value": float((x * w).sum() / w.sum()), "ci_low": float(np.nanquantile(means, alpha)),
+            "ci_high": float(np.nanquantile(means, 1.0 - alpha))}
+
+
+def bootstrap_ci(values, resamples: int = 1000, seed: int = 0, level: float = 0.95,
+                 weights=None) -> dict[str, float]:
+    """Mean of ``values`` with a percentile-bootstrap interval over prompts:
+    {"value", "ci_low", "ci_high"}. ``weights`` (0/1 or any >= 0) make it a weighted
+    mean, e.g. a win rate over the length-matched prompts only."""
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
         raise ValueError("bootstrap_ci needs at least one value")
+    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64)
     idx = np.random.default_rng(seed).integers(0, x.size, size=(resamples, x.size))
-    means = x[idx].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    return {"value": float(x.mean()), "ci_low": float(np.quantile(means, alpha)),
-            "ci_high": float(np.quantile(means, 1.0 - alpha))}
+    return _interval(x, w, _weighted_means(x[idx], w[idx], axis=1), level)
 
 
 def two_level_bootstrap_ci(values, resamples: int = 1000, seed: int = 0,
-                           level: float = 0.95) -> dict[str, float]:
+                           level: float = 0.95, weights=None) -> dict[str, float]:
     """Mean of a [seeds, prompts] array with an interval that resamples seeds, then
-    prompts within each drawn seed, so both sources of variance are in it."""
+    prompts within each drawn seed, so both sources of variance are in it.
+    ``weights``: as in ``bootstrap_ci``, same shape."""
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 2 or x.size == 0:
         raise ValueError("two_level_bootstrap_ci needs a non-empty [seeds, prompts] array")
+    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64)
     s, p = x.shape
     rng = np.random.default_rng(seed)
     seed_idx = rng.integers(0, s, size=(resamples, s))
     prompt_idx = rng.integers(0, p, size=(resamples, s, p))
-    means = x[seed_idx[..., None], prompt_idx].mean(axis=(1, 2))
-    alpha = (1.0 - level) / 2.0
-    return {"value": float(x.mean()), "ci_low": float(np.quantile(means, alpha)),
-            "ci_high": float(np.quantile(means, 1.0 - alpha))}
+    drawn = (seed_idx[..., None], prompt_idx)
+    return _interval(x, w, _weighted_means(x[drawn], w[drawn], axis=(1, 2)), level)
 
 
 def steps_to_reach(rewards, fraction: float = 0.9, window: int = 3) -> float:
@@ -63,11 +79,22 @@ def verdict_indicators(verdicts, prefix: str) -> dict[str, np.ndarray]:
             f"loss_{prefix}": (v < 0).astype(float), f"net_win_{prefix}": v.astype(float)}
 
 
+LENGTH_TOLERANCE = 0.2
+"""Length-matched: the answer's token count within ±20% of the reference's (at least ±3)."""
+
+
+def length_matched(lengths, reference_lengths) -> np.ndarray:
+    """1.0 where the answer is about as long as the reference (``LENGTH_TOLERANCE``)."""
+    a, y = np.asarray(lengths, dtype=float), np.asarray(reference_lengths, dtype=float)
+    return (np.abs(a - y) <= np.maximum(3.0, LENGTH_TOLERANCE * y)).astype(float)
+
+
 def per_prompt_metrics(rewards, verdicts_vs_reference, verdicts_vs_start, kl,
                        lengths) -> dict[str, np.ndarray]:
     """Per-prompt vectors for one model. RAS is the win rate against the reference
     (``ras``, with ``tie_``/``loss_vs_reference``); NAG the win rate against the
-    starting model's answer (``nag``, with ``tie_``/``loss_``/``net_win_vs_start``)."""
+    starting model's answer (``nag``, with ``tie_``/``loss_``/``net_win_vs_start``).
+    The length-controlled RAS is ``ras`` weighted by ``length_matched``."""
     metrics = {"mean_reward": np.asarray(rewards, dtype=float)}
     metrics.update(verdict_indicators(verdicts_vs_reference, "vs_reference"))
     metrics["ras"] = metrics.pop("win_vs_reference")

@@ -9,11 +9,15 @@ can be compared with R(y) fairly. Q is a weighted sum of components:
 - ``positivity``: VADER compound sentiment in [-1, 1].
 - ``profanity``: minus the probability that the answer is profane (alt-profanity-check).
 - ``reference_similarity``: optional, off by default (see its docstring).
+- ``finished``: −1 for an answer with no EOS (cut at the limit), else 0; off by default.
+- ``judge`` (judge.py): the paper's pairwise judge against y; ``reward_model``
+  (reward_model.py): a trained sequence classifier.
 
 Plain Python functions ``f(prompts, completions, references, **columns) -> list[float]``
 join by name with ``register_reward`` or as ``"package.module:function"`` in config.
 ``columns`` holds every dataset column beyond prompt and reference (e.g. a ground-truth
-``answer``), one value per completion, as TRL's ``reward_kwargs``. Each component has its
+``answer``), one value per completion, as TRL's ``reward_kwargs``, and ``finished``
+(bool: the answer ended with EOS; always true for references). Each component has its
 own config block: ``weight`` plus the keyword options its factory takes.
 ``PairwiseJudge`` turns any Q into the paper's {-1, 0, +1} verdict against a baseline.
 """
@@ -174,6 +178,13 @@ def profanity_reward() -> RewardFn:
         return (-predict_prob(list(completions))).tolist()
 
     return profanity
+
+
+@register_reward("finished")
+def finished_reward(prompts, completions, references, finished, **columns):
+    """0 for an answer that ended with EOS, −1 for one cut at the token limit: a
+    counterweight to rewards that grow with length (the harness passes ``finished``)."""
+    return [0.0 if done else -1.0 for done in finished]
 
 
 def resolve_reward(name: str, options: dict | None = None) -> RewardFn:

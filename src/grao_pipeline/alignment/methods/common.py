@@ -43,11 +43,14 @@ def default_sample_fn(model, tokenizer, encoded: EncodedPrompts, prompts: list[s
                               temperature)
 
 
-def row_columns(rows: list[dict], repeat: int = 1) -> dict[str, list]:
+def row_columns(rows: list[dict], repeat: int = 1, finished: list[bool] | None = None) -> dict[str, list]:
     """Every column beyond prompt and reference, each value repeated ``repeat`` times
-    (one per scored completion of its prompt)."""
+    (one per scored completion of its prompt), plus ``finished``: whether each scored
+    answer ended with EOS (None: they are references, finished by definition)."""
     names = [k for k in (rows[0] if rows else {}) if k not in ("prompt", "reference")]
-    return {k: [r[k] for r in rows for _ in range(repeat)] for k in names}
+    columns = {k: [r[k] for r in rows for _ in range(repeat)] for k in names}
+    columns["finished"] = [True] * (len(rows) * repeat) if finished is None else list(finished)
+    return columns
 
 
 def score(reward: RewardFn, prompts: list[str], completions: list[str], references: list[str],
@@ -110,7 +113,8 @@ def rollout_and_score(sampler, tokenizer, reward: RewardFn, rows: list[dict],
                         cfg.temperature)
     t1 = time.perf_counter()
     sample_rewards = score(reward, [p for p in prompts for _ in range(g)], samples.texts,
-                           [y for y in references for _ in range(g)], row_columns(rows, g)).view(-1, g)
+                           [y for y in references for _ in range(g)],
+                           row_columns(rows, g, (~samples.truncated).tolist())).view(-1, g)
     reference_rewards = score(reward, prompts, references, references, row_columns(rows))
     t2 = time.perf_counter()
     b, c = len(rows), samples.ids.shape[1]

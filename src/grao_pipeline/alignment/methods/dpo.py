@@ -54,7 +54,8 @@ def synthetic_pairs(model, tokenizer, reward: RewardFn, rows: list[dict], candid
         samples = sample_completions(model, tokenizer, encoded, candidates, max_new_tokens, temperature)
         scores = score(reward, [r["prompt"] for r in chunk for _ in range(candidates)], samples.texts,
                        [r["reference"] for r in chunk for _ in range(candidates)],
-                       row_columns(chunk, candidates)).view(len(chunk), candidates)
+                       row_columns(chunk, candidates, (~samples.truncated).tolist())
+                       ).view(len(chunk), candidates)
         for i, row in enumerate(chunk):
             best, worst = int(scores[i].argmax()), int(scores[i].argmin())
             if scores[i, best] == scores[i, worst]:

@@ -18,6 +18,7 @@ from grao_pipeline.alignment.config import CompareConfig, EvalConfig, RewardConf
 from grao_pipeline.alignment.evaluation import answer_prompts, score_answers
 from grao_pipeline.alignment.methods import phase_specs
 from grao_pipeline.alignment.metrics import (
+    length_matched,
     per_prompt_metrics,
     steps_to_reach,
     two_level_bootstrap_ci,
@@ -96,6 +97,12 @@ def summarise_comparison(params: CompareConfig, *runs: pd.DataFrame
             ci = two_level_bootstrap_ci(np.stack([m[metric] for m in per_seed]),
                                         params.bootstrap_resamples)
             rows.append({"method": name, "metric": metric, **ci})
+        matched = np.stack([length_matched(d["length"], d["reference_length"])
+                            for _, d in df.groupby("seed", sort=True)])
+        rows.append({"method": name, "metric": "ras_length_controlled",
+                     **(two_level_bootstrap_ci(np.stack([m["ras"] for m in per_seed]),
+                                               params.bootstrap_resamples, weights=matched)
+                        if matched.any() else dict.fromkeys(("value", "ci_low", "ci_high"), float("nan")))})
         method_logs = logs[logs["method"] == name]
         if "reward/mean" in method_logs and method_logs["reward/mean"].notna().any():
             reach = np.array([steps_to_reach(method_logs[method_logs["seed"] == s]["reward/mean"].dropna(),
@@ -119,10 +126,13 @@ def markdown_table(table: pd.DataFrame, n_seeds: int) -> str:
     metrics = list(dict.fromkeys(table["metric"]))
     lines = ["| method | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for name, group in table.groupby("method", sort=False):
-        cells = {r.metric: "no gain" if np.isnan(r.value) else
+        cells = {r.metric: ("no gain" if r.metric.startswith("steps_to") else "none matched")
+                 if np.isnan(r.value) else
                  f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in group.itertuples()}
         lines.append(f"| {name} | " + " | ".join(cells.get(m, "–") for m in metrics) + " |")
     note = (f"\nValues are means over {n_seeds} seed(s) × held-out prompts with 95% two-level "
             "bootstrap intervals (seeds, then prompts); steps-to-reward shows the mean and the "
-            "range over the seeds whose training reward rose (\"no gain\": none did).\n")
+            "range over the seeds whose training reward rose (\"no gain\": none did); "
+            "ras_length_controlled is RAS over the prompts whose answer is within ±20% (at least "
+            "±3 tokens) of the reference's length.\n")
     return "\n".join(lines) + "\n" + note
