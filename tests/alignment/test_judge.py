@@ -118,3 +118,30 @@ def test_kedro_trains_and_evaluates_grao_with_the_judge(project, tmp_path):  # n
     completions = pd.read_json(project / "data/07_model_output/evaluation_completions.jsonl", lines=True)
     assert set(completions["reward"]) <= {-1.0, 0.0, 1.0}
     assert (completions["verdict_vs_reference"] == completions["reward"]).all()
+
+
+class BiasedMargins:
+    """A backend whose margin log p(A) − log p(B) is +3 of position bias plus ±1 for the
+    answer containing "good"."""
+
+    identity = endpoint = "biased"
+
+    def margin(self, text):
+        first, second = text.split("Answer A: ")[1].split("\n\nAnswer B: ")
+        return 3.0 + ("good" in first) - ("good" in second.split("\n\n")[0])
+
+
+def test_margin_combination_cancels_a_constant_position_bias():
+    reward = PairwiseJudgeReward(BiasedMargins(), combine="margin", margin_tie=0.5, show_progress=False)
+    # o "very good thanks" vs y "fine.": m(o first) = 4, m(y first) = 2 -> +1
+    assert reward(PROMPTS, SAMPLES, REFERENCES) == [1.0, -1.0, 0.0]
+    with pytest.raises(ValueError, match="needs the local backend"):
+        PairwiseJudgeReward(OpenAIBackend("http://127.0.0.1:9/v1", "m", None, 1.0, 0), combine="margin")
+
+
+def test_the_local_judge_margin_mode_is_deterministic(tiny, tmp_path):
+    save_model(tiny, tmp_path / "judge")
+    backend = LocalBackend(str(tmp_path / "judge"))
+    runs = [PairwiseJudgeReward(backend, combine="margin", margin_tie=0.0, show_progress=False)(
+        PROMPTS, SAMPLES, REFERENCES) for _ in range(2)]
+    assert runs[0] == runs[1] and set(runs[0]) <= {-1.0, 0.0, 1.0} and runs[0][2] == 0.0

@@ -10,7 +10,10 @@ a tie. R(y, y) = 0 by construction, so the reference costs no call.
   tokens at the next position (no free text to parse, so never unparseable).
 - **Position bias.** Every pair is judged in both orders (o first, then y first). A
   verdict counts only if it survives the swap; otherwise it is a tie. The disagreement
-  rate is logged.
+  rate is logged. A small local judge may prefer one position whatever the answers
+  (SmolLM2-135M answers "A" every time), which makes every verdict a tie; for the local
+  backend, ``combine: margin`` compares the two orders' log-probability margins
+  instead, so a constant position bias cancels.
 - **Engineering.** Calls run in a thread pool of ``concurrency``; each has ``timeout``
   seconds and up to ``max_retries`` retries with exponential backoff on 429, 5xx,
   timeouts and dropped connections (the ``openai`` client's own retry logic). Verdicts
@@ -135,13 +138,21 @@ class LocalBackend:
         self._lock = threading.Lock()  # one forward at a time: torch already uses the cores
 
     @torch.no_grad()
-    def __call__(self, text: str) -> str:
+    def _logits(self, text: str) -> torch.Tensor:
         ids = self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
                                                  add_generation_prompt=True, return_tensors="pt",
                                                  return_dict=True)["input_ids"]
         with self._lock:
-            logits = self.model(input_ids=ids).logits[0, -1].float()
+            return self.model(input_ids=ids).logits[0, -1].float()
+
+    def __call__(self, text: str) -> str:
+        logits = self._logits(text)
         return max(self._choices, key=lambda v: logits[self._choices[v]].item())
+
+    def margin(self, text: str) -> float:
+        """log p(A) − log p(B) at the verdict position (the softmax normaliser cancels)."""
+        logits = self._logits(text)
+        return (logits[self._choices[FIRST]] - logits[self._choices[SECOND]]).item()
 
 
 class PairwiseJudgeReward:
@@ -149,20 +160,27 @@ class PairwiseJudgeReward:
 
     def __init__(self, backend: Callable[[str], str], template: str = DEFAULT_TEMPLATE,
                  cache: str | Path | None = None, concurrency: int = 4,
-                 max_unparseable_rate: float = 0.05, show_progress: bool = True):
+                 max_unparseable_rate: float = 0.05, show_progress: bool = True,
+                 combine: str = "swap", margin_tie: float = 0.5):
         if "{prompt}" not in template or "{first}" not in template or "{second}" not in template:
             raise ValueError("judge template must contain {prompt}, {first} and {second}")
         if not 0.0 <= max_unparseable_rate <= 1.0:
             raise ValueError(f"judge max_unparseable_rate = {max_unparseable_rate}: must be in [0, 1]")
         if concurrency < 1:
             raise ValueError(f"judge concurrency = {concurrency}: must be >= 1")
+        if combine not in ("swap", "margin"):
+            raise ValueError(f"judge combine = {combine!r}: must be 'swap' or 'margin'")
+        if combine == "margin" and not hasattr(backend, "margin"):
+            raise ValueError("judge combine 'margin' needs the local backend (it reads log-probabilities)")
+        self.combine = combine
+        self.margin_tie = margin_tie
         self.backend = backend
         self.template = template
         self.cache = VerdictCache(cache)
         self.concurrency = concurrency
         self.max_unparseable_rate = max_unparseable_rate
         self.show_progress = show_progress
-        self._template_hash = hashlib.sha256(template.encode()).hexdigest()[:16]
+        self._template_hash = hashlib.sha256(f"{combine}|{template}".encode()).hexdigest()[:16]
         self.stats = {"pairs": 0, "calls": 0, "cache_hits": 0, "disagreements": 0, "unparseable": 0}
         self._stats_lock = threading.Lock()
         self.__name__ = "judge"
@@ -175,13 +193,22 @@ class PairwiseJudgeReward:
         text = "\x1f".join((self.backend.identity, self._template_hash, prompt, first, second))
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def _verdict(self, prompt: str, first: str, second: str) -> str | None:
+    def _verdict(self, prompt: str, first: str, second: str) -> str | float | None:
         key = self._key(prompt, first, second)
         cached = self.cache.get(key)
+        text = self.template.format(prompt=prompt, first=first, second=second)
+        if self.combine == "margin":
+            if cached is None:
+                cached = repr(self.backend.margin(text))
+                self._count("calls")
+                self.cache.put(key, cached)
+            else:
+                self._count("cache_hits")
+            return float(cached)
         if cached is not None:
             self._count("cache_hits")
             return parse_verdict(cached)
-        reply = self.backend(self.template.format(prompt=prompt, first=first, second=second))
+        reply = self.backend(text)
         self._count("calls")
         verdict = parse_verdict(reply)
         if verdict is None:
@@ -205,6 +232,12 @@ class PairwiseJudgeReward:
                              f"were not a verdict (max_unparseable_rate {self.max_unparseable_rate})")
         scores = [0.0] * len(completions)
         sample_first, reference_first = verdicts[:len(todo)], verdicts[len(todo):]
+        if self.combine == "margin":
+            # A position bias adds the same constant to both orders' margins: it cancels.
+            for i, a, b in zip(todo, sample_first, reference_first, strict=True):
+                scores[i] = 0.0 if abs(a - b) <= self.margin_tie else (1.0 if a > b else -1.0)
+            self._count("pairs", len(todo))
+            return scores
         for i, a, b in zip(todo, sample_first, reference_first, strict=True):
             as_first = {FIRST: 1.0, SECOND: -1.0, TIE: 0.0}.get(a)
             as_second = {FIRST: -1.0, SECOND: 1.0, TIE: 0.0}.get(b)
@@ -225,13 +258,15 @@ def judge_reward(backend: str = "local", model: str | None = None, base_url: str
                  api_key_env: str | None = None, template: str = DEFAULT_TEMPLATE,
                  cache: str | None = "data/09_judge/verdicts.sqlite", concurrency: int = 4,
                  timeout: float = 60.0, max_retries: int = 4, max_unparseable_rate: float = 0.05,
-                 show_progress: bool = True) -> RewardFn:
+                 show_progress: bool = True, combine: str = "swap", margin_tie: float = 0.5) -> RewardFn:
     """The ``judge`` reward's options (its block in ``rewards.components``):
     ``backend`` ``openai`` (needs ``base_url`` and ``model``; key from ``api_key_env``)
     or ``local`` (``model`` = a local HF directory or hub id; default SmolLM2 from the
     embedded GGUF); ``template`` with ``{prompt}``, ``{first}``, ``{second}``; ``cache``
     (an SQLite file, or null for none); ``concurrency``, ``timeout`` (s), ``max_retries``;
-    ``max_unparseable_rate``."""
+    ``max_unparseable_rate``; ``combine``: ``swap`` (the rule above) or, local backend
+    only, ``margin``: +1/−1 by the sign of m(o first) − m(y first), where m = log p(A) −
+    log p(B), a tie within ``margin_tie``; a constant position bias cancels there."""
     if backend == "openai":
         if not base_url or not model:
             raise ValueError("judge backend 'openai' needs base_url and model")
@@ -241,7 +276,7 @@ def judge_reward(backend: str = "local", model: str | None = None, base_url: str
     else:
         raise ValueError(f"judge backend = {backend!r}: must be 'openai' or 'local'")
     return PairwiseJudgeReward(judge_backend, template, cache, concurrency, max_unparseable_rate,
-                               show_progress)
+                               show_progress, combine, margin_tie)
 
 
 def _embedded_judge() -> LocalBackend:
