@@ -241,6 +241,16 @@ def test_other_starting_weights_or_data_start_over(tiny, rows, tmp_path, caplog)
     assert len(previous_runs(tmp_path)) == 2
 
 
+def test_another_reward_config_starts_over(tiny, rows, tmp_path, caplog):
+    model, tok = tiny
+    cfg = sft_cfg(steps=1, checkpoint_dir=str(tmp_path), checkpoint_every=1)
+    train(model, SFTMethod(tok, cfg), rows, cfg, context={"rewards": {"judge": 1.0}})
+    fresh, _ = tiny_model(tok, seed=0)
+    with caplog.at_level("WARNING"):
+        train(fresh, SFTMethod(tok, cfg), rows, cfg, context={"rewards": {"relevance": 1.0}})
+    assert "the reward and other settings differ" in caplog.text
+
+
 def test_resuming_the_same_run_returns_the_finished_model_without_training(tiny, rows, tmp_path):
     model, tok = tiny
     sft_run(model, tok, rows, tmp_path, steps=2)

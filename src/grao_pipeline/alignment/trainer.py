@@ -40,10 +40,10 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
@@ -318,11 +318,14 @@ def _one_step(accelerator: Accelerator, model: torch.nn.Module, policy: torch.nn
 
 
 def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainConfig,
-          callbacks: Sequence[Callable[[int, dict], None]] = ()) -> TrainResult:
+          callbacks: Sequence[Callable[[int, dict], None]] = (),
+          context: Mapping[str, Any] | None = None) -> TrainResult:
     """Train ``model`` in place with ``method`` for ``cfg.steps`` optimiser steps.
 
     ``callbacks`` get (step, log row) after each step; one may raise ``StopTraining``
-    (or e.g. ``optuna.TrialPruned``, which propagates) to end early.
+    (or e.g. ``optuna.TrialPruned``, which propagates) to end early. ``context``: what
+    else the run depends on (the reward config): a checkpoint is resumed only if it
+    matches, like config, starting weights and rows.
     """
     if not rows:
         raise ValueError("no training rows")
@@ -349,7 +352,8 @@ def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainCo
     method.setup(policy)
     fingerprints = {"starting weights": checkpoints.weights_fingerprint(
                         [accelerator.unwrap_model(m) for m in (model, *extra)]),
-                    "training rows": checkpoints.rows_fingerprint(rows)}
+                    "training rows": checkpoints.rows_fingerprint(rows),
+                    "reward and other settings": checkpoints.rows_fingerprint([dict(context or {})])}
     start_step, history = 0, []
     found = _resume_point(accelerator, cfg, fingerprints) if cfg.checkpoint_dir else None
     if found is not None:

@@ -8,6 +8,7 @@ method's config classes, so Kedro validates them before any node runs.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 
@@ -59,8 +60,11 @@ def fit(name: str, start_model: ModelAndTokenizer, train_set: datasets.Dataset, 
     ``method_inputs``. Returns the policy, its step log and its training curves."""
     sections = sections_of(name, params)
     reward = CompositeReward(params[-1]) if uses_reward(name) else None
+    reward_cfg = params[-1] if uses_reward(name) else None
+    context = None if reward_cfg is None else {"rewards": dataclasses.asdict(reward_cfg) if
+                                               dataclasses.is_dataclass(reward_cfg) else dict(reward_cfg)}
     policy, log, title = train_method(name, start_model, train_set.to_list(), sections, reward,
-                                      **train_args)
+                                      context=context, **train_args)
     steps = pd.DataFrame(log)
     return policy, steps, training_curves(steps, title)
 

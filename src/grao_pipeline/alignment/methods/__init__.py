@@ -68,13 +68,15 @@ def method_configs(name: str, sections: Mapping[str, Any], changes: Mapping[str,
 def train_method(name: str, policy: ModelAndTokenizer, rows: list[dict],
                  sections: Mapping[str, Any], reward: RewardFn | None = None,
                  changes: Mapping[str, Any] | None = None, budget: int | None = None,
-                 callbacks: Sequence[Callable[[int, dict], None]] = ()
+                 callbacks: Sequence[Callable[[int, dict], None]] = (),
+                 context: Mapping[str, Any] | None = None
                  ) -> tuple[ModelAndTokenizer, list[dict], str]:
     """Train ``policy`` in place with the registered method ``name``.
 
     Returns the policy, the step log (one row per optimiser step over all phases, with
     ``phase`` and a running ``step``; ``samples`` counts every generated sample, DPO's
-    pair candidates included) and a title for figures.
+    pair candidates included) and a title for figures. ``context`` (e.g. the reward
+    config) must match for a checkpoint to be resumed.
     """
     model, tokenizer = policy
     if not rows:
@@ -90,7 +92,7 @@ def train_method(name: str, policy: ModelAndTokenizer, rows: list[dict],
             log.info("%s: %s", spec.name, report)
         check_prompt_lengths(tokenizer, sorted({r["prompt"] for r in phase_rows}),
                              cfg.max_prompt_tokens, cfg.max_completion_tokens, context_length(model))
-        result = train(model, method, phase_rows, cfg, callbacks)
+        result = train(model, method, phase_rows, cfg, callbacks, context)
         model = result.model
         offset = len(history)
         phase_log = [{**row, "phase": spec.name, "step": row["step"] + offset} for row in result.log]
