@@ -66,7 +66,7 @@ def test_prompt_longer_than_limit_is_refused(tokenizer):
 
 
 MEMORY_PROBE = """
-import json, resource, sys, torch
+import json, sys, torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 from grao_pipeline.alignment.rollout import completion_logits, token_logps
 torch.set_num_threads(1)
@@ -77,13 +77,17 @@ model = AutoModelForCausalLM.from_config(LlamaConfig(
     num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
 prompt, comp = torch.randint(0, V, (N, P)), torch.randint(0, V, (N, C))
 args = (model, prompt, torch.ones_like(prompt), comp, torch.ones_like(comp))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status_kb(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key))
+# Reset the peak-RSS mark, so set-up (model init) cannot hide the measured peak.
+open("/proc/self/clear_refs", "w").write("5")
+before = status_kb("VmRSS:")
 if sys.argv[1] == "full":  # the old way: a full float32 log-softmax, then gather
     logps = torch.log_softmax(completion_logits(*args).float(), -1).gather(2, comp.unsqueeze(-1)).squeeze(-1)
 else:
     logps = token_logps(*args)
 logps.sum().backward()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = status_kb("VmHWM:")
 torch.save(logps.detach(), sys.argv[2])
 print(json.dumps({"peak_mb": (peak - before) / 1024, "logits_mb": N * C * V * 4 / 2**20}))
 """

@@ -4,7 +4,8 @@
 ``replace_atomically(final, write)`` has ``write`` fill a temporary sibling
 (``.<name>.tmp-<pid>``), then renames it over ``final`` (a file with one ``os.replace``;
 a folder by moving the old one aside first). Leftover temporaries of a killed run are
-removed on the next save of the same output (the run lock rules out a live writer).
+removed on the next save of the same output, unless the process named in their suffix
+still runs (Optuna workers may save the same report at once).
 
 The catalog uses the ``kedro-datasets`` types below, each the library's own class with
 its save routed through ``replace_atomically`` on the local filesystem. Object stores
@@ -35,14 +36,29 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _writer_alive(leftover: Path) -> bool:
+    """Whether the process named by a temporary's ``-<pid>`` suffix still runs (Optuna
+    workers share a data directory and may save the same report at once)."""
+    pid = leftover.name.rsplit("-", 1)[-1]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def replace_atomically(final: str | Path, write: Callable[[Path], None]) -> None:
     """Run ``write(tmp)`` and move ``tmp`` to ``final`` in one step."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in final.parent.glob(f".{final.name}.tmp-*"):
-        _remove(leftover)
-    for leftover in final.parent.glob(f".{final.name}.old-*"):
-        _remove(leftover)
+    for pattern in (f".{final.name}.tmp-*", f".{final.name}.old-*"):
+        for leftover in final.parent.glob(pattern):
+            if not _writer_alive(leftover):
+                _remove(leftover)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     write(tmp)
     if tmp.is_dir() and final.exists():

@@ -1,0 +1,62 @@
+"""GRPO + μ·SFT on the reference y: the CHORD/SRFT family's "just add SFT to RL".
+
+The GRPO step of ``grpo.py`` unchanged (same rollout, advantages over the G samples,
+clipped ratio, k3 KL), plus μ times the length-normalised NLL of y for each prompt:
+
+    loss = grpo_loss(samples) + μ · sft_loss(y)
+
+Simplifications: μ is fixed (CHORD anneals it; SRFT weights it by entropy); y's
+log-probs take a forward of their own (GRAO shares one). μ = 0 is GRPO exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from grao_pipeline.alignment.config import GRPOSFTConfig
+from grao_pipeline.alignment.losses import sft_loss
+from grao_pipeline.alignment.methods.common import member_logps
+from grao_pipeline.alignment.methods.grpo import GRPOMethod, SampleBatch
+from grao_pipeline.alignment.methods.registry import MethodSpec, register_method
+from grao_pipeline.alignment.rewards import RewardFn
+from grao_pipeline.alignment.rollout import encode_completions
+
+
+@dataclass
+class SampleAndReferenceBatch(SampleBatch):
+    """A GRPO batch plus the references: ``reference_ids``/``reference_mask`` [B, C_y]."""
+
+    reference_ids: torch.Tensor | None = None
+    reference_mask: torch.Tensor | None = None
+
+
+class GRPOSFTMethod(GRPOMethod):
+    name = "grpo_sft"
+
+    def prepare(self, model, rows: list[dict]) -> tuple[SampleAndReferenceBatch, dict]:
+        batch, metrics = super().prepare(model, rows)
+        tok = self.tokenizer
+        reference_ids, reference_mask = encode_completions(
+            tok, [r["reference"] for r in rows], self.cfg.max_completion_tokens, tok.eos_token_id)
+        fields = {f: getattr(batch, f) for f in batch.__dataclass_fields__}
+        return SampleAndReferenceBatch(**fields, reference_ids=reference_ids,
+                                       reference_mask=reference_mask), metrics
+
+    def loss(self, model, batch: SampleAndReferenceBatch) -> tuple[torch.Tensor, dict]:
+        pg_loss, metrics = super().loss(model, batch)
+        reference_logps = member_logps(model, batch.prompt_ids, batch.prompt_mask,
+                                       batch.reference_ids[:, None], batch.reference_mask[:, None])
+        nll, _ = sft_loss(reference_logps[:, 0], batch.reference_mask.to(reference_logps.device))
+        loss = pg_loss + self.cfg.sft_coef * nll
+        return loss, {**metrics, "loss": loss.item(), "pg_loss": pg_loss.item(),
+                      "sft_nll": nll.item()}
+
+
+def build_grpo_sft(tokenizer, reward: RewardFn, cfg: GRPOSFTConfig, model) -> GRPOSFTMethod:
+    return GRPOSFTMethod(tokenizer, reward, cfg)
+
+
+register_method(MethodSpec("grpo_sft", GRPOSFTConfig, build_grpo_sft,
+                           title=lambda cfg: f"GRPO + {cfg.sft_coef:g}·SFT"))

@@ -1,0 +1,39 @@
+"""The generated arithmetic task and its reward: the reward and the accuracy read the
+`answer` column, never the (possibly wrong) reference."""
+
+import pytest
+
+from grao_pipeline.alignment.config import RewardConfig
+from grao_pipeline.alignment.rewards import CompositeReward
+from grao_pipeline.alignment.verifiable import arithmetic_problems, exact_answer_reward, final_integer
+
+
+def test_problems_are_seeded_distinct_and_noisy_at_the_asked_rate():
+    rows = arithmetic_problems(1000, digits=2, reference_error_rate=0.3, seed=1)
+    assert rows == arithmetic_problems(1000, digits=2, reference_error_rate=0.3, seed=1)
+    assert len({r["prompt"] for r in rows}) == 1000
+    wrong = [r for r in rows if r["reference_is_wrong"]]
+    assert 0.25 < len(wrong) / len(rows) < 0.35
+    assert all(r["reference"] != r["answer"] for r in wrong)
+    assert all(r["reference"] == r["answer"] for r in rows if not r["reference_is_wrong"])
+    a, b = (int(x) for x in rows[0]["prompt"].split("What is ")[1].split("?")[0].split(" + "))
+    assert int(rows[0]["answer"]) == a + b
+    # plausible: close to the truth, not random
+    assert all(abs(int(r["reference"]) - int(r["answer"])) <= 90 for r in wrong)
+
+
+@pytest.mark.parametrize("text, value", [("57", "57"), ("The answer is 57.", "57"),
+                                         ("12 + 45 = 57", "57"), ("about 1,057", "1057"), ("no", None)])
+def test_final_integer(text, value):
+    assert final_integer(text) == value
+
+
+def test_the_reward_reads_the_answer_column_never_the_reference():
+    reward = CompositeReward(RewardConfig(components={"exact_answer": {"weight": 1.0, "format_bonus": 0.1}}))
+    prompts = ["What is 20 + 37?"] * 3
+    completions = ["57", "It is 57.", "58"]
+    wrong_reference = ["58"] * 3  # a wrong demonstration must not grade the model
+    scores = reward(prompts, completions, wrong_reference, answer=["57"] * 3)
+    assert scores == pytest.approx([1.1, 1.0, 0.0])
+    with pytest.raises(KeyError, match="needs an 'answer' column"):
+        exact_answer_reward()(prompts, completions, wrong_reference)
