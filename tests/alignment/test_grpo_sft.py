@@ -17,6 +17,7 @@ ROLLOUT = dict(steps=1, prompts_per_step=2, num_generations=3, max_completion_to
 
 
 def loss_and_grads(method, model, rows):
+    method.setup(model)
     torch.manual_seed(0)
     batch, _ = method.prepare(model, rows)
     model.zero_grad()

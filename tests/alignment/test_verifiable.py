@@ -5,7 +5,11 @@ import pytest
 
 from grao_pipeline.alignment.config import RewardConfig
 from grao_pipeline.alignment.rewards import CompositeReward
-from grao_pipeline.alignment.verifiable import arithmetic_problems, exact_answer_reward, final_integer
+from grao_pipeline.alignment.verifiable import (
+    arithmetic_problems,
+    exact_answer_reward,
+    final_integer,
+)
 
 
 def test_problems_are_seeded_distinct_and_noisy_at_the_asked_rate():
@@ -18,8 +22,9 @@ def test_problems_are_seeded_distinct_and_noisy_at_the_asked_rate():
     assert all(r["reference"] == r["answer"] for r in rows if not r["reference_is_wrong"])
     a, b = (int(x) for x in rows[0]["prompt"].split("What is ")[1].split("?")[0].split(" + "))
     assert int(rows[0]["answer"]) == a + b
-    # plausible: close to the truth, not random
-    assert all(abs(int(r["reference"]) - int(r["answer"])) <= 90 for r in wrong)
+    # plausible: off by at most 10, or the answer's digits with two swapped
+    assert all(abs(int(r["reference"]) - int(r["answer"])) <= 10
+               or sorted(r["reference"]) == sorted(r["answer"]) for r in wrong)
 
 
 @pytest.mark.parametrize("text, value", [("57", "57"), ("The answer is 57.", "57"),

@@ -298,6 +298,18 @@ class GRPOConfig(RolloutConfig):
 
 
 @dataclass
+class GRPOSFTConfig(GRPOConfig):
+    """GRPO plus a fixed μ times the SFT loss on the reference y (``methods/grpo_sft.py``)."""
+
+    sft_coef: float = 0.1
+    """μ: weight of the length-normalised NLL of y added to the GRPO loss (0 = GRPO)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.sft_coef >= 0, self, "sft_coef", "must be >= 0")
+
+
+@dataclass
 class PPOConfig(RolloutConfig):
     """PPO: value head on the policy trunk, GAE, clipped ratio, KL penalty in the reward."""
 

@@ -266,4 +266,4 @@ class PairwiseJudge:
 
 
 # Rewards in modules of their own register on import.
-from grao_pipeline.alignment import judge, reward_model  # noqa: E402, F401
+from grao_pipeline.alignment import judge, reward_model, verifiable  # noqa: E402, F401

@@ -26,9 +26,9 @@ def _plausibly_wrong(value: int, rng: random.Random) -> int:
     text = str(value)
     if len(text) >= 2 and rng.random() < 0.5:
         i = rng.randrange(len(text) - 1)
-        swapped = int(text[:i] + text[i + 1] + text[i] + text[i + 2:])
-        if swapped != value:
-            return swapped
+        swapped = text[:i] + text[i + 1] + text[i] + text[i + 2:]
+        if swapped != text and not swapped.startswith("0"):  # "90" -> "09" would drop a digit
+            return int(swapped)
     return value + rng.choice([-1, 1]) * rng.randint(1, 10)
 
 
