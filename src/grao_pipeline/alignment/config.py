@@ -310,6 +310,27 @@ class GRPOSFTConfig(GRPOConfig):
 
 
 @dataclass
+class LUFFYConfig(GRPOConfig):
+    """LUFFY (arXiv 2504.14945, ``methods/luffy.py``): y joins the group as an off-policy
+    member with a shaped, unclipped ratio; no KL by default."""
+
+    kl_coef: float = 0.0
+    """LUFFY drops the KL term; kept as an option."""
+    aggregation: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
+    """Token-mean over the step's tokens, y's included (LUFFY's); only ``dapo`` is allowed."""
+    off_policy: bool = True
+    """y in the group and in the loss; false gives GRPO with token-mean aggregation."""
+    shaping_gamma: float = 0.1
+    """γ of the shaping f(π) = π / (π + γ) on y's tokens."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.aggregation == "dapo", self, "aggregation",
+                 "must be 'dapo': y's tokens share the step's token normaliser")
+        _require(self.shaping_gamma > 0, self, "shaping_gamma", "must be > 0")
+
+
+@dataclass
 class PPOConfig(RolloutConfig):
     """PPO: value head on the policy trunk, GAE, clipped ratio, KL penalty in the reward."""
 

@@ -228,3 +228,22 @@ def ppo_loss(logps: torch.Tensor, old_logps: torch.Tensor, mask: torch.Tensor,
     loss = pg_loss + value_coef * vf_loss
     return loss, {"loss": loss.item(), "loss/policy": pg_loss.item(), "loss/value": vf_loss.item(),
                   "clip_ratio": masked_mean((torch.abs(ratio - 1) > clip_eps).float()).item()}
+
+
+def shaped_off_policy_loss(logps: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
+                           gamma: float, normaliser: float) -> tuple[torch.Tensor, dict]:
+    """LUFFY's term for off-policy tokens: −Â · f(π), f(π) = π / (π + γ), unclipped,
+    summed over tokens and divided by ``normaliser`` (the step's token count).
+
+    Args:
+        logps: [N, T] log-probs under π_θ of the off-policy answers (y).
+        mask: [N, T] answer mask.
+        advantages: [N] their group-normalised advantages.
+    """
+    probs = logps.exp()
+    shaped = probs / (probs + gamma)
+    per_token = -advantages.unsqueeze(1) * shaped
+    maskf = mask.to(per_token.dtype)
+    loss = (per_token * maskf).sum() / max(float(normaliser), 1.0)
+    return loss, {"off_policy_loss": loss.item(),
+                  "off_policy_prob": ((probs * maskf).sum() / maskf.sum().clamp(min=1.0)).item()}

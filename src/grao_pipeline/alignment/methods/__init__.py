@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from grao_pipeline.alignment.config import TrainConfig
-from grao_pipeline.alignment.methods import dpo, grao, grpo, grpo_sft, ppo, recipes, sft  # noqa: F401  (registers)
+from grao_pipeline.alignment.methods import (  # noqa: F401  (registers)
+    dpo,
+    grao,
+    grpo,
+    grpo_sft,
+    luffy,
+    ppo,
+    recipes,
+    sft,
+)
 from grao_pipeline.alignment.methods.common import BaseMethod, RolloutMethod, rollout_and_score
 from grao_pipeline.alignment.methods.registry import (
     MethodSpec,

@@ -1,0 +1,87 @@
+"""LUFFY (arXiv 2504.14945): learning from an off-policy reference inside the group.
+
+The reference y joins the G samples as member G+1: advantages are normalised over all
+G+1 rewards. The G samples keep GRPO's clipped surrogate; y's tokens get the shaped,
+unclipped term −Â_y · π/(π + γ) (``losses.shaped_off_policy_loss``), which keeps the
+gradient on y's low-probability tokens large. Both are summed over tokens and divided
+by the step's token count, y's tokens included (token-mean).
+
+Simplifications: y's log-probs take a forward of their own; no entropy term; the
+sampled rollout is on-policy (one update per rollout by default). ``off_policy:
+false`` drops y from the group and the loss: GRPO with token-mean aggregation, exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from accelerate.state import PartialState
+
+from grao_pipeline.alignment.advantages import group_advantages
+from grao_pipeline.alignment.config import LUFFYConfig
+from grao_pipeline.alignment.losses import shaped_off_policy_loss
+from grao_pipeline.alignment.methods.common import global_sum, member_logps
+from grao_pipeline.alignment.methods.grpo import GRPOMethod
+from grao_pipeline.alignment.methods.grpo_sft import SampleAndReferenceBatch
+from grao_pipeline.alignment.methods.registry import MethodSpec, register_method
+from grao_pipeline.alignment.rewards import RewardFn
+from grao_pipeline.alignment.rollout import encode_completions
+
+
+@dataclass
+class OffPolicyBatch(SampleAndReferenceBatch):
+    """Plus ``reference_advantages`` [B]: y's advantage within its G+1 group."""
+
+    reference_advantages: torch.Tensor | None = None
+
+
+class LUFFYMethod(GRPOMethod):
+    name = "luffy"
+
+    def prepare(self, model, rows: list[dict]) -> tuple[OffPolicyBatch, dict]:
+        cfg, tok = self.cfg, self.tokenizer
+        rollout = self.rollout(rows)
+        adv = group_advantages(rollout.sample_rewards,
+                               rollout.reference_rewards if cfg.off_policy else None,
+                               include_reference=True, eps=cfg.adv_eps,
+                               std_correction=cfg.std_correction, scale=cfg.scale_rewards)
+        reference_ids, reference_mask = encode_completions(
+            tok, [r["reference"] for r in rows], cfg.max_completion_tokens, tok.eos_token_id)
+        tokens = float(rollout.sample_mask.sum()) + (float(reference_mask.sum()) if cfg.off_policy else 0.0)
+        normaliser = float(global_sum(tokens)) / PartialState().num_processes
+        batch = OffPolicyBatch(rollout.encoded.ids, rollout.encoded.mask, rollout.sample_ids,
+                               rollout.sample_mask, adv.samples, token_normaliser=normaliser,
+                               total_prompts=len(rows), reference_ids=reference_ids,
+                               reference_mask=reference_mask, reference_advantages=adv.reference)
+        with torch.no_grad():
+            args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
+            if cfg.epochs_per_rollout > 1:
+                batch.old_logps = member_logps(model, *args)
+            if self.start_policy is not None:
+                batch.start_logps = member_logps(self.start_policy, *args)
+        metrics = {**rollout.metrics, "frac_reward_zero_std": adv.frac_reward_zero_std,
+                   "reference_advantage": adv.reference.mean().item(), "tokens": int(tokens)}
+        return batch, metrics
+
+    def loss(self, model, batch: OffPolicyBatch) -> tuple[torch.Tensor, dict]:
+        pg_loss, metrics = super().loss(model, batch)
+        if not self.cfg.off_policy:
+            return pg_loss, metrics
+        share = batch.prompt_ids.shape[0] / batch.total_prompts
+        reference_logps = member_logps(model, batch.prompt_ids, batch.prompt_mask,
+                                       batch.reference_ids[:, None], batch.reference_mask[:, None])
+        off_loss, off_metrics = shaped_off_policy_loss(
+            reference_logps[:, 0], batch.reference_mask.to(reference_logps.device),
+            batch.reference_advantages.to(reference_logps.device), self.cfg.shaping_gamma,
+            batch.token_normaliser * share)
+        loss = pg_loss + off_loss
+        return loss, {**metrics, **off_metrics, "loss": loss.item(), "pg_loss": pg_loss.item()}
+
+
+def build_luffy(tokenizer, reward: RewardFn, cfg: LUFFYConfig, model) -> LUFFYMethod:
+    return LUFFYMethod(tokenizer, reward, cfg)
+
+
+register_method(MethodSpec("luffy", LUFFYConfig, build_luffy,
+                           title=lambda cfg: f"LUFFY (γ = {cfg.shaping_gamma:g})"))
