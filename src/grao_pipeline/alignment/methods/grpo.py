@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from accelerate.state import PartialState
 
-from grao_pipeline.alignment.advantages import group_advantages
+from grao_pipeline.alignment.advantages import GroupAdvantages, group_advantages
 from grao_pipeline.alignment.config import GRPOConfig
 from grao_pipeline.alignment.losses import grpo_loss
 from grao_pipeline.alignment.methods.common import RolloutMethod, global_sum, member_logps
@@ -49,18 +49,27 @@ class GRPOMethod(RolloutMethod):
 
     name = "grpo"
 
+    batch_cls = SampleBatch
+
+    def group(self, rollout, rows: list[dict]) -> tuple[GroupAdvantages, dict, float]:
+        """The samples' advantages, extra batch fields and extra tokens in the step's
+        normaliser: GRPO has none; variants that use y (grpo_sft, luffy) add them."""
+        cfg = self.cfg
+        adv = group_advantages(rollout.sample_rewards, None, eps=cfg.adv_eps,
+                               std_correction=cfg.std_correction, scale=cfg.scale_rewards)
+        return adv, {}, 0.0
+
     def prepare(self, model, rows: list[dict]) -> tuple[SampleBatch, dict]:
         cfg = self.cfg
         rollout = self.rollout(rows)
-        adv = group_advantages(rollout.sample_rewards, None, eps=cfg.adv_eps,
-                               std_correction=cfg.std_correction, scale=cfg.scale_rewards)
+        adv, extra, extra_tokens = self.group(rollout, rows)
         # DAPO divides by the whole step's tokens. DDP averages gradients over ranks,
         # so each rank divides by (global tokens / ranks) to give the 1-process update.
-        tokens = float(rollout.sample_mask.sum())
+        tokens = float(rollout.sample_mask.sum()) + extra_tokens
         normaliser = float(global_sum(tokens)) / PartialState().num_processes
-        batch = SampleBatch(rollout.encoded.ids, rollout.encoded.mask, rollout.sample_ids,
-                            rollout.sample_mask, adv.samples, token_normaliser=normaliser,
-                            total_prompts=len(rows))
+        batch = self.batch_cls(rollout.encoded.ids, rollout.encoded.mask, rollout.sample_ids,
+                               rollout.sample_mask, adv.samples, token_normaliser=normaliser,
+                               total_prompts=len(rows), **extra)
         with torch.no_grad():
             args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
             if cfg.epochs_per_rollout > 1:

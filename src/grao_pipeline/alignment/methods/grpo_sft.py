@@ -35,14 +35,14 @@ class SampleAndReferenceBatch(SampleBatch):
 class GRPOSFTMethod(GRPOMethod):
     name = "grpo_sft"
 
-    def prepare(self, model, rows: list[dict]) -> tuple[SampleAndReferenceBatch, dict]:
-        batch, metrics = super().prepare(model, rows)
-        tok = self.tokenizer
+    batch_cls = SampleAndReferenceBatch
+
+    def group(self, rollout, rows: list[dict]):
+        adv, extra, extra_tokens = super().group(rollout, rows)
         reference_ids, reference_mask = encode_completions(
-            tok, [r["reference"] for r in rows], self.cfg.max_completion_tokens, tok.eos_token_id)
-        fields = {f: getattr(batch, f) for f in batch.__dataclass_fields__}
-        return SampleAndReferenceBatch(**fields, reference_ids=reference_ids,
-                                       reference_mask=reference_mask), metrics
+            self.tokenizer, [r["reference"] for r in rows], self.cfg.max_completion_tokens,
+            self.tokenizer.eos_token_id)
+        return adv, {**extra, "reference_ids": reference_ids, "reference_mask": reference_mask}, extra_tokens
 
     def loss(self, model, batch: SampleAndReferenceBatch) -> tuple[torch.Tensor, dict]:
         pg_loss, metrics = super().loss(model, batch)

@@ -16,12 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from accelerate.state import PartialState
 
 from grao_pipeline.alignment.advantages import group_advantages
 from grao_pipeline.alignment.config import LUFFYConfig
 from grao_pipeline.alignment.losses import shaped_off_policy_loss
-from grao_pipeline.alignment.methods.common import global_sum, member_logps
+from grao_pipeline.alignment.methods.common import member_logps
 from grao_pipeline.alignment.methods.grpo import GRPOMethod
 from grao_pipeline.alignment.methods.grpo_sft import SampleAndReferenceBatch
 from grao_pipeline.alignment.methods.registry import MethodSpec, register_method
@@ -39,30 +38,19 @@ class OffPolicyBatch(SampleAndReferenceBatch):
 class LUFFYMethod(GRPOMethod):
     name = "luffy"
 
-    def prepare(self, model, rows: list[dict]) -> tuple[OffPolicyBatch, dict]:
+    batch_cls = OffPolicyBatch
+
+    def group(self, rollout, rows: list[dict]):
         cfg, tok = self.cfg, self.tokenizer
-        rollout = self.rollout(rows)
         adv = group_advantages(rollout.sample_rewards,
                                rollout.reference_rewards if cfg.off_policy else None,
                                include_reference=True, eps=cfg.adv_eps,
                                std_correction=cfg.std_correction, scale=cfg.scale_rewards)
         reference_ids, reference_mask = encode_completions(
             tok, [r["reference"] for r in rows], cfg.max_completion_tokens, tok.eos_token_id)
-        tokens = float(rollout.sample_mask.sum()) + (float(reference_mask.sum()) if cfg.off_policy else 0.0)
-        normaliser = float(global_sum(tokens)) / PartialState().num_processes
-        batch = OffPolicyBatch(rollout.encoded.ids, rollout.encoded.mask, rollout.sample_ids,
-                               rollout.sample_mask, adv.samples, token_normaliser=normaliser,
-                               total_prompts=len(rows), reference_ids=reference_ids,
-                               reference_mask=reference_mask, reference_advantages=adv.reference)
-        with torch.no_grad():
-            args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
-            if cfg.epochs_per_rollout > 1:
-                batch.old_logps = member_logps(model, *args)
-            if self.start_policy is not None:
-                batch.start_logps = member_logps(self.start_policy, *args)
-        metrics = {**rollout.metrics, "frac_reward_zero_std": adv.frac_reward_zero_std,
-                   "reference_advantage": adv.reference.mean().item(), "tokens": int(tokens)}
-        return batch, metrics
+        extra = {"reference_ids": reference_ids, "reference_mask": reference_mask,
+                 "reference_advantages": adv.reference}
+        return adv, extra, float(reference_mask.sum()) if cfg.off_policy else 0.0
 
     def loss(self, model, batch: OffPolicyBatch) -> tuple[torch.Tensor, dict]:
         pg_loss, metrics = super().loss(model, batch)
