@@ -7,9 +7,9 @@ import pytest
 
 from grao_pipeline.alignment.config import RewardConfig, RewardModelConfig
 from grao_pipeline.alignment.reward_model import (
+    classifier_scores,
     pair_accuracy,
     reward_model_from_policy,
-    score_answers,
     train_reward_model,
 )
 from grao_pipeline.alignment.rewards import CompositeReward
@@ -23,8 +23,8 @@ PAIRS = [{"prompt": p, "chosen": f"a good answer about {w}", "rejected": f"a bad
 
 def margins(model, tokenizer):
     prompts = [p["prompt"] for p in PAIRS]
-    chosen = score_answers(model, tokenizer, prompts, [p["chosen"] for p in PAIRS], 64, 8)
-    rejected = score_answers(model, tokenizer, prompts, [p["rejected"] for p in PAIRS], 64, 8)
+    chosen = classifier_scores(model, tokenizer, prompts, [p["chosen"] for p in PAIRS], 64, 8)
+    rejected = classifier_scores(model, tokenizer, prompts, [p["rejected"] for p in PAIRS], 64, 8)
     return [c - r for c, r in zip(chosen, rejected, strict=True)]
 
 

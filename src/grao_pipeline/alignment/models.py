@@ -97,14 +97,19 @@ def check_model_dir(path: Path) -> None:
                              "was it cut short by a crash?") from err
 
 
+def check_if_local(source: str) -> None:
+    """``check_model_dir`` when ``source`` names a local folder rather than a hub id."""
+    if Path(source).is_absolute() or Path(source).exists() or source.startswith("."):
+        check_model_dir(Path(source))
+
+
 def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32,
                trust_remote_code: bool = False) -> ModelAndTokenizer:
     """Load a causal LM and tokenizer from an HF directory or hub id (safetensors only).
 
     ``trust_remote_code`` runs Python files shipped with the model: off unless asked for."""
     source = str(name_or_path)
-    if Path(source).is_absolute() or Path(source).exists() or source.startswith("."):
-        check_model_dir(Path(source))
+    check_if_local(source)
     if trust_remote_code:
         logger.warning("trust_remote_code is on for %s: its own Python code will run", source)
     model = AutoModelForCausalLM.from_pretrained(

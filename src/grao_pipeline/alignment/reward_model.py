@@ -26,7 +26,7 @@ def format_pair(tokenizer, prompt: str, answer: str) -> str:
 
 
 @torch.no_grad()
-def score_answers(model, tokenizer, prompts: list[str], answers: list[str], max_length: int,
+def classifier_scores(model, tokenizer, prompts: list[str], answers: list[str], max_length: int,
                   batch_size: int) -> list[float]:
     """The classifier's scalar output for each (prompt, answer), in batches."""
     device = next(model.parameters()).device
@@ -43,10 +43,9 @@ class RewardModelScorer:
     def __init__(self, model: str, batch_size: int = 16, max_length: int = 512):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from grao_pipeline.alignment.models import check_model_dir
+        from grao_pipeline.alignment.models import check_if_local
 
-        if Path(model).exists() or Path(model).is_absolute():
-            check_model_dir(Path(model))
+        check_if_local(model)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
         self.model = AutoModelForSequenceClassification.from_pretrained(
@@ -62,7 +61,7 @@ class RewardModelScorer:
 
     def __call__(self, prompts: list[str], completions: list[str], references: list[str],
                  **columns) -> list[float]:
-        return score_answers(self.model, self.tokenizer, prompts, completions, self.max_length,
+        return classifier_scores(self.model, self.tokenizer, prompts, completions, self.max_length,
                              self.batch_size)
 
 
@@ -127,6 +126,6 @@ def pair_accuracy(model, tokenizer, pairs: list[dict], max_length: int = 512,
                   batch_size: int = 16) -> list[float]:
     """1.0 where the model scores chosen above rejected, per pair."""
     prompts = [p["prompt"] for p in pairs]
-    chosen = score_answers(model, tokenizer, prompts, [p["chosen"] for p in pairs], max_length, batch_size)
-    rejected = score_answers(model, tokenizer, prompts, [p["rejected"] for p in pairs], max_length, batch_size)
+    chosen = classifier_scores(model, tokenizer, prompts, [p["chosen"] for p in pairs], max_length, batch_size)
+    rejected = classifier_scores(model, tokenizer, prompts, [p["rejected"] for p in pairs], max_length, batch_size)
     return [float(c > r) for c, r in zip(chosen, rejected, strict=True)]
