@@ -3,16 +3,16 @@ the run is the same run.
 
 A checkpoint is a folder ``step-NNNNNN`` under the run's ``checkpoint_dir``: accelerate's
 state (model, optimiser, scheduler, RNG, safetensors) plus ``trainer_state.json`` with the
-step, the log so far, the config, the *fingerprints* of the starting weights and of the
-training rows, and a manifest of every file's size.
+step, the log so far, the config, the *fingerprints* of the starting weights, of the
+training rows and of the run context, and a manifest of every file's size.
 
 - Written into ``.tmp-step-NNNNNN`` and renamed into place, so a kill mid-write leaves
   only a temporary folder, which the next start deletes.
 - Resume picks the newest checkpoint that verifies (manifest sizes match, every
   safetensors header parses). A newest one that does not is moved aside to
   ``corrupt-step-NNNNNN-<time>`` and the previous one is used, with a warning.
-- Resume happens only when config (bar ``RESUMABLE_CHANGES``), starting weights and
-  data all match. Otherwise the old checkpoints are moved aside to
+- Resume happens only when config (bar ``RESUMABLE_CHANGES``), starting weights,
+  data and the run context (the reward config) all match. Otherwise the old checkpoints are moved aside to
   ``previous-<time>/`` (never deleted) and training starts over, logging why.
   ``resume: false`` moves them aside the same way.
 - A checkpoint past the requested ``steps`` is refused: silently returning a longer

@@ -13,8 +13,8 @@ Simplifications and choices, stated once:
   step k therefore repeats the uninterrupted run exactly; checkpoints hold model,
   optimiser, scheduler, RNG states, the step and the log so far.
 - Checkpoints (checkpoints.py) are atomic, verified before use, and resumed only
-  when config, starting weights and training rows all match; otherwise the old ones
-  are moved aside, never deleted.
+  when config, starting weights, training rows and the run context (the reward
+  config) all match; otherwise the old ones are moved aside, never deleted.
 - A non-finite loss or gradient stops training with an error naming the step (and
   the parameter) before the optimiser step, so the last checkpoint stays a good one.
 - SIGINT/SIGTERM finish the current step, save a checkpoint and stop with
