@@ -27,6 +27,14 @@ def test_problems_are_seeded_distinct_and_noisy_at_the_asked_rate():
                or sorted(r["reference"]) == sorted(r["answer"]) for r in wrong)
 
 
+def test_noise_levels_share_their_problems_and_differ_only_in_references():
+    clean = arithmetic_problems(500, reference_error_rate=0.0, seed=3)
+    noisy = arithmetic_problems(500, reference_error_rate=0.3, seed=3)
+    assert [(r["prompt"], r["answer"]) for r in clean] == [(r["prompt"], r["answer"]) for r in noisy]
+    assert not any(r["reference_is_wrong"] for r in clean)
+    assert sum(r["reference"] != c["reference"] for r, c in zip(noisy, clean, strict=True)) > 100
+
+
 @pytest.mark.parametrize("text, value", [("57", "57"), ("The answer is 57.", "57"),
                                          ("12 + 45 = 57", "57"), ("about 1,057", "1057"), ("no", None)])
 def test_final_integer(text, value):

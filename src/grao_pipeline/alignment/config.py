@@ -476,6 +476,10 @@ class CompareConfig:
     """Rolling-mean window (steps) for the training reward curve."""
     bootstrap_resamples: int = 1000
     """Resamples of the two-level (seed, then prompt) bootstrap."""
+    start_model: str = "sft_model"
+    """The catalog model every run starts from and is compared against: ``sft_model``
+    (the SFT warm start) or ``base_model`` (the untrained starting policy, e.g. for the
+    verifiable task, where SFT on noisy demonstrations would differ between noise levels)."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -490,6 +494,8 @@ class CompareConfig:
         _require(0 < self.reach_fraction <= 1, self, "reach_fraction", "must be in (0, 1]")
         _require(self.smoothing_window >= 1, self, "smoothing_window", "must be >= 1")
         _require(self.bootstrap_resamples >= 100, self, "bootstrap_resamples", "must be >= 100")
+        _require(self.start_model in ("sft_model", "base_model"), self, "start_model",
+                 "must be sft_model or base_model")
 
 
 @dataclass

@@ -43,7 +43,9 @@ def arithmetic_problems(num_rows: int, digits: int = 2, operands: int = 2,
     low, high = 10 ** (digits - 1) if digits > 1 else 0, 10 ** digits - 1
     if num_rows > (high - low + 1) ** operands:
         raise ValueError(f"{num_rows} distinct problems do not exist with digits={digits}, operands={operands}")
-    rng = random.Random(seed)
+    # Separate streams: the problems (and so the splits) are the same at every noise
+    # level, and only the references differ, so levels compare like for like.
+    rng, noise_rng = random.Random(seed), random.Random(f"{seed}/reference-noise")
     rows, seen = [], set()
     while len(rows) < num_rows:
         numbers = tuple(rng.randint(low, high) for _ in range(operands))
@@ -51,8 +53,8 @@ def arithmetic_problems(num_rows: int, digits: int = 2, operands: int = 2,
             continue
         seen.add(numbers)
         answer = sum(numbers)
-        wrong = rng.random() < reference_error_rate
-        reference = _plausibly_wrong(answer, rng) if wrong else answer
+        wrong = noise_rng.random() < reference_error_rate
+        reference = _plausibly_wrong(answer, noise_rng) if wrong else answer
         rows.append({"prompt": PROMPT.format(expression=" + ".join(map(str, numbers))),
                      "reference": str(reference), "answer": str(answer), "reference_is_wrong": wrong})
     return rows

@@ -2,7 +2,8 @@
 method registry and ``compare.methods`` × ``compare.seeds``.
 
     compare.budget               the shared generated-sample budget (checked)
-    compare.start_answers        the warm start's answers to the test prompts
+    compare.start_answers        the starting policy's answers to the test prompts
+                                 (``compare.start_model``: sft_model or base_model)
     compare.<method>.seed_<k>    train -> model (memory) -> evaluate -> scored
     summarise_comparison         reads only the per-run outputs
 
@@ -26,7 +27,7 @@ from grao_pipeline.pipelines.training import method_inputs, typed_function
 
 from .nodes import evaluate_run, rollout_budget, summarise_comparison, train_run
 
-SHARED = {"sft_model", "train_set", "test_set", "compare_budget", "compare_start_answers"}
+SHARED = {"train_set", "test_set", "compare_budget", "compare_start_answers"}
 
 
 def run_namespace(method: str, seed: int) -> str:
@@ -44,7 +45,7 @@ def _budget_pipeline(methods: list[str]) -> Pipeline:
                           name="check_budgets")])
 
 
-def _run_pipeline(method: str, seed: int) -> Pipeline:
+def _run_pipeline(method: str, seed: int, start: str) -> Pipeline:
     inputs = method_inputs(method)
 
     def train(start_model, train_set, budget, *params):
@@ -62,12 +63,12 @@ def _run_pipeline(method: str, seed: int) -> Pipeline:
         ("start_model", ModelAndTokenizer), ("start_answers", pd.DataFrame),
         ("reward_params", RewardConfig)])
     template = pipeline([
-        node(train_func, ["sft_model", "train_set", "compare_budget", *[e for _, e, _ in inputs]],
+        node(train_func, [start, "train_set", "compare_budget", *[e for _, e, _ in inputs]],
              ["model", "training_log"], name="train"),
-        node(evaluate_func, ["model", "test_set", "params:evaluation", "sft_model",
+        node(evaluate_func, ["model", "test_set", "params:evaluation", start,
                              "compare_start_answers", "params:rewards"], "scored", name="evaluate"),
     ])
-    return pipeline(template, namespace=run_namespace(method, seed), inputs=SHARED,
+    return pipeline(template, namespace=run_namespace(method, seed), inputs=SHARED | {start},
                     parameters={e for _, e, _ in inputs} | {"params:evaluation", "params:rewards"})
 
 
@@ -81,7 +82,7 @@ def create_pipeline(settings: CompareConfig) -> Pipeline:
                              [("params", CompareConfig), *[(f"run_{i}", pd.DataFrame)
                                                            for i in range(2 * len(runs))]])
     shared = pipeline([
-        node(answer_prompts, ["sft_model", "test_set", "params:evaluation"],
+        node(answer_prompts, [settings.start_model, "test_set", "params:evaluation"],
              "compare_start_answers", name="answer_start"),
         node(summary, ["params:compare",
                        *[f"{run_namespace(m, s)}.scored" for m, s in runs],
@@ -89,5 +90,5 @@ def create_pipeline(settings: CompareConfig) -> Pipeline:
              ["compare_table", "compare_table_md", "compare_reward_curves", "compare_grao_shares",
               "compare_completions", "compare_training_logs"], name="summarise_comparison"),
     ])
-    return sum((_run_pipeline(m, s) for m, s in runs), _budget_pipeline(settings.methods) + shared)
+    return sum((_run_pipeline(m, s, settings.start_model) for m, s in runs), _budget_pipeline(settings.methods) + shared)
 
