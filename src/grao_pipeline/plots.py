@@ -72,20 +72,28 @@ def evaluation_summary(metrics: dict[str, dict[str, dict[str, float]]]) -> plt.F
 
 
 def compare_reward_curves(logs: pd.DataFrame) -> plt.Figure:
-    """Training reward against generated samples: one line per method (mean over seeds)
-    with a band spanning the seeds. Methods that generate nothing (SFT) have no line."""
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    """Against generated samples, one line per method (mean over seeds, band spanning
+    the seeds): the training reward (with a 1/0 verifiable reward, the accuracy of the
+    samples), and the share of groups with no reward variance, which get no
+    group-relative gradient. Methods that generate nothing (SFT) have no line."""
+    fig, (ax_r, ax_z) = plt.subplots(1, 2, figsize=(13, 4.5))
     rollout = logs[logs["reward/mean"].notna()] if "reward/mean" in logs else logs.iloc[0:0]
-    for name, df in rollout.groupby("method", sort=False):
-        curves = df.pivot_table(index="generated_samples", columns="seed", values="reward/mean")
-        curves = curves.rolling(3, min_periods=1).mean()
-        line, = ax.plot(curves.index, curves.mean(axis=1), label=name)
-        ax.fill_between(curves.index, curves.min(axis=1), curves.max(axis=1),
-                        color=line.get_color(), alpha=0.15)
-    ax.set_xlabel("generated samples")
-    ax.set_ylabel("training reward (rolling mean of 3 steps)")
-    ax.set_title("reward vs generated samples (band: range over seeds)")
-    ax.legend(fontsize=8, ncol=2)
+    for ax, column in ((ax_r, "reward/mean"), (ax_z, "frac_reward_zero_std")):
+        for name, df in rollout.groupby("method", sort=False):
+            if column not in df or df[column].isna().all():
+                continue
+            curves = df.pivot_table(index="generated_samples", columns="seed", values=column)
+            curves = curves.rolling(3, min_periods=1).mean()
+            line, = ax.plot(curves.index, curves.mean(axis=1), label=name)
+            ax.fill_between(curves.index, curves.min(axis=1), curves.max(axis=1),
+                            color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("generated samples")
+        ax.legend(fontsize=8, ncol=2)
+    ax_r.set_ylabel("training reward (rolling mean of 3 steps)")
+    ax_r.set_title("reward vs generated samples (band: range over seeds)")
+    ax_z.set_ylabel("share of groups (rolling mean of 3 steps)")
+    ax_z.set_title("groups with no reward variance (no gradient)")
+    ax_z.set_ylim(0, 1)
     fig.tight_layout()
     return fig
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from nbclient import NotebookClient
 
-from grao_pipeline.alignment.config import RolloutConfig
+from grao_pipeline.alignment.config import CompareConfig, RolloutConfig
 from grao_pipeline.alignment.losses import sft_loss
 from grao_pipeline.alignment.methods import (
     BaseMethod,
@@ -28,6 +28,7 @@ from grao_pipeline.alignment.methods import (
 )
 from grao_pipeline.alignment.methods.sft import encode_answers
 from grao_pipeline.alignment.rollout import token_logps
+from grao_pipeline.pipelines.compare.nodes import markdown_table, training_signal_rows
 
 from .conftest import TINY_RUN, kedro_run
 
@@ -66,6 +67,11 @@ def test_compare_every_method_two_seeds_then_the_notebook(project):
     assert ((finite["ci_low"] <= finite["value"] + 1e-9) & (finite["value"] <= finite["ci_high"] + 1e-9)).all()
     reach = table[table["metric"] == "steps_to_90pct_reward"]
     assert set(reach["method"]) == set(EVERY_METHOD) - {"sft_continued", "dpo"}
+    grouped = {"grao", "grpo", "sft_grpo", "grao_no_imitation", "grao_no_regulariser",
+               "grao_no_exploration"}
+    assert set(table[table["metric"] == "zero_variance_groups"]["method"]) == grouped
+    with_y = set(table[table["metric"] == "reference_advantage_negative_steps"]["method"])
+    assert with_y == {m for m in grouped if m.startswith("grao")}
     md = (report / "compare_table.md").read_text()
     assert md.startswith("| method |") and "grao_no_imitation" in md
     logs = pd.read_csv(report / "compare_training_logs.csv")
@@ -202,3 +208,31 @@ def test_kedro_viz_shows_every_registered_run_as_its_own_namespace(project):
             assert f"compare.{method}.seed_{seed}" in namespaces
             assert f"compare.{method}.seed_{seed}.train" in train_nodes
     assert "summarise_comparison" in train_nodes
+
+
+def test_training_signal_rows_are_means_and_ranges_over_seeds():
+    logs = pd.DataFrame({
+        "seed": [0, 0, 0, 1, 1, 1],
+        "reward/mean": [0.0, 0.5, 1.0, 0.0, 0.0, 0.0],
+        "frac_reward_zero_std": [1.0, 0.5, 0.0, 1.0, 1.0, 1.0],
+        "frac_reference_advantage_negative": [0.0, 0.5, 0.0, 0.0, 0.0, 0.25],
+        "share/imitation": [0.2, 0.4, 0.6, 0.1, 0.1, 0.1],
+    })
+    rows = {r["metric"]: r for r in training_signal_rows(
+        "grao", logs, [0, 1], CompareConfig(methods=["grao"], smoothing_window=1))}
+    # seed 0 reaches 90% of its gain at step 3; seed 1 never gains (left out)
+    assert (rows["steps_to_90pct_reward"]["value"], rows["steps_to_90pct_reward"]["ci_high"]) == (3.0, 3.0)
+    assert rows["zero_variance_groups"]["value"] == pytest.approx((0.5 + 1.0) / 2)
+    assert (rows["zero_variance_groups"]["ci_low"], rows["zero_variance_groups"]["ci_high"]) == (0.5, 1.0)
+    assert rows["reference_advantage_negative_groups"]["value"] == pytest.approx((1 / 6 + 1 / 12) / 2)
+    assert rows["reference_advantage_negative_steps"]["value"] == pytest.approx((1 / 3 + 1 / 3) / 2)
+    assert rows["share_imitation"]["value"] == pytest.approx((0.4 + 0.1) / 2)
+    assert "share_exploration" not in rows
+
+
+def test_the_markdown_table_names_an_unknown_metric():
+    table = pd.DataFrame([{"method": "grao", "metric": "ras", "value": 0.5, "ci_low": 0.4,
+                           "ci_high": 0.6}])
+    assert "| grao | 0.500 [0.400, 0.600] |" in markdown_table(table, 1, ["ras"])
+    with pytest.raises(ValueError, match=r"table_metrics names \['accuracy'\]"):
+        markdown_table(table, 1, ["accuracy"])

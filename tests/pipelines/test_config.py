@@ -21,8 +21,9 @@ def shipped_params(monkeypatch, env=None):
         return session.load_context().params
 
 
-@pytest.mark.parametrize("env, budget, eval_prompts", [(None, 160, 64), ("cpu_compare", 80, 48)])
-def test_environments_give_equal_budgets(env, budget, eval_prompts, monkeypatch):
+@pytest.mark.parametrize("env, budget, eval_prompts, eval_tokens", [
+    (None, 160, 64, 32), ("cpu_compare", 80, 48, 32), ("verifiable", 480, 202, 16)])
+def test_environments_give_equal_budgets(env, budget, eval_prompts, eval_tokens, monkeypatch):
     p = shipped_params(monkeypatch, env)
     for name in registered_methods():  # every section is present and typed
         for section, cls in parameter_sections(name).items():
@@ -30,7 +31,8 @@ def test_environments_give_equal_budgets(env, budget, eval_prompts, monkeypatch)
     assert rollout_budget(p["compare"].methods, p) == budget
     assert p["sft_continued"].steps * p["sft_continued"].batch_size == budget
     assert p["evaluation"].num_prompts == eval_prompts
-    assert p["evaluation"].max_new_tokens == 32  # soft merge keeps the untouched fields
+    assert p["evaluation"].max_new_tokens == eval_tokens
+    assert p["evaluation"].bootstrap_resamples == 1000  # soft merge keeps the untouched fields
     assert (p["grao"].beta, p["grao"].lam) == (0.5, 0.6)
 
 

@@ -476,6 +476,9 @@ class CompareConfig:
     """Rolling-mean window (steps) for the training reward curve."""
     bootstrap_resamples: int = 1000
     """Resamples of the two-level (seed, then prompt) bootstrap."""
+    table_metrics: list[str] = field(default_factory=list)
+    """The columns of the Markdown table, in order (empty: every metric); the CSV table
+    always has them all."""
     start_model: str = "sft_model"
     """The catalog model every run starts from and is compared against: ``sft_model``
     (the SFT warm start) or ``base_model`` (the untrained starting policy, e.g. for the

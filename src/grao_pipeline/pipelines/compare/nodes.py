@@ -103,36 +103,73 @@ def summarise_comparison(params: CompareConfig, *runs: pd.DataFrame
                      **(two_level_bootstrap_ci(np.stack([m["ras"] for m in per_seed]),
                                                params.bootstrap_resamples, weights=matched)
                         if matched.any() else dict.fromkeys(("value", "ci_low", "ci_high"), float("nan")))})
-        method_logs = logs[logs["method"] == name]
-        if "reward/mean" in method_logs and method_logs["reward/mean"].notna().any():
-            reach = np.array([steps_to_reach(method_logs[method_logs["seed"] == s]["reward/mean"].dropna(),
-                                             params.reach_fraction, params.smoothing_window)
-                              for s in seeds], dtype=float)
-            gained = reach[~np.isnan(reach)]
-            rows.append({"method": name,
-                         "metric": f"steps_to_{round(params.reach_fraction * 100)}pct_reward",
-                         "value": float(gained.mean()) if gained.size else float("nan"),
-                         "ci_low": float(gained.min()) if gained.size else float("nan"),
-                         "ci_high": float(gained.max()) if gained.size else float("nan")})
+        rows += training_signal_rows(name, logs[logs["method"] == name], seeds, params)
     table = pd.DataFrame(rows, columns=["method", "metric", "value", "ci_low", "ci_high"])
     completions = {name: scored[scored["model"] == name].reset_index(drop=True) for name in methods}
     n_seeds = scored.groupby("model")["seed"].nunique().max()
-    return (table, markdown_table(table, int(n_seeds)), compare_reward_curves(logs),
+    return (table, markdown_table(table, int(n_seeds), params.table_metrics), compare_reward_curves(logs),
             compare_grao_shares(logs), completions, logs)
 
 
-def markdown_table(table: pd.DataFrame, n_seeds: int) -> str:
-    """One row per method, "value [low, high]" per metric."""
-    metrics = list(dict.fromkeys(table["metric"]))
+def training_signal_rows(name: str, method_logs: pd.DataFrame, seeds: list, params: CompareConfig
+                         ) -> list[dict]:
+    """What the step logs say about the learning signal, each as the mean over seeds with
+    the range over seeds: steps to reach ``reach_fraction`` of the training-reward gain;
+    the share of groups with no reward variance (no group-relative gradient); for
+    methods with y in the group, the share of groups, and of steps, where Â_y < 0 (y
+    is pushed away from); and GRAO's loss-term shares. Methods without a rollout
+    (SFT) have none of these."""
+    by_seed = [method_logs[method_logs["seed"] == s] for s in seeds]
+
+    def row(metric: str, values: list[float]) -> dict:
+        v = np.array(values, dtype=float)
+        v = v[~np.isnan(v)]
+        stats = (v.mean(), v.min(), v.max()) if v.size else (float("nan"),) * 3
+        return {"method": name, "metric": metric,
+                **dict(zip(("value", "ci_low", "ci_high"), map(float, stats), strict=True))}
+
+    def has(column: str) -> bool:
+        return column in method_logs and bool(method_logs[column].notna().any())
+
+    rows = []
+    if has("reward/mean"):
+        rows.append(row(f"steps_to_{round(params.reach_fraction * 100)}pct_reward",
+                        [steps_to_reach(d["reward/mean"].dropna(), params.reach_fraction,
+                                        params.smoothing_window) for d in by_seed]))
+    if has("frac_reward_zero_std"):
+        rows.append(row("zero_variance_groups", [d["frac_reward_zero_std"].mean() for d in by_seed]))
+    if has("frac_reference_advantage_negative"):
+        negative = [d["frac_reference_advantage_negative"].dropna() for d in by_seed]
+        rows.append(row("reference_advantage_negative_groups", [n.mean() for n in negative]))
+        rows.append(row("reference_advantage_negative_steps", [(n > 0).mean() for n in negative]))
+    for term in ("exploration", "imitation", "regulariser"):
+        if has(f"share/{term}"):
+            rows.append(row(f"share_{term}", [d[f"share/{term}"].mean() for d in by_seed]))
+    return rows
+
+
+NAN_MEANS = {"steps": "no gain", "ras": "none matched"}
+
+
+def markdown_table(table: pd.DataFrame, n_seeds: int, metrics: list[str] | None = None) -> str:
+    """One row per method, "value [low, high]" per metric (``metrics``: which, in which
+    order; default all)."""
+    known = list(dict.fromkeys(table["metric"]))
+    unknown = [m for m in metrics or [] if m not in known]
+    if unknown:
+        raise ValueError(f"compare.table_metrics names {unknown}, which no compared method "
+                         f"has; the metrics of this comparison are {known}")
+    metrics = metrics or known
     lines = ["| method | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for name, group in table.groupby("method", sort=False):
-        cells = {r.metric: ("no gain" if r.metric.startswith("steps_to") else "none matched")
-                 if np.isnan(r.value) else
+        cells = {r.metric: NAN_MEANS.get(r.metric.split("_")[0], "–") if np.isnan(r.value) else
                  f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in group.itertuples()}
         lines.append(f"| {name} | " + " | ".join(cells.get(m, "–") for m in metrics) + " |")
     note = (f"\nValues are means over {n_seeds} seed(s) × held-out prompts with 95% two-level "
-            "bootstrap intervals (seeds, then prompts); steps-to-reward shows the mean and the "
-            "range over the seeds whose training reward rose (\"no gain\": none did); "
+            "bootstrap intervals (seeds, then prompts); the metrics from training logs "
+            "(steps-to-reward, zero-variance groups, Â_y < 0, loss-term shares) show the mean "
+            "and the range over seeds (steps-to-reward: over the seeds whose training reward "
+            "rose; \"no gain\": none did); "
             "ras_length_controlled is RAS over the prompts whose answer is within ±20% (at least "
             "±3 tokens) of the reference's length.\n")
     return "\n".join(lines) + "\n" + note
