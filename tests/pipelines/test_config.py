@@ -22,7 +22,7 @@ def shipped_params(monkeypatch, env=None):
 
 
 @pytest.mark.parametrize("env, budget, eval_prompts, eval_tokens", [
-    (None, 160, 64, 32), ("cpu_compare", 80, 48, 32), ("verifiable", 480, 202, 16)])
+    (None, 160, 64, 32), ("cpu_compare", 80, 48, 32), ("verifiable", 320, 128, 16)])
 def test_environments_give_equal_budgets(env, budget, eval_prompts, eval_tokens, monkeypatch):
     p = shipped_params(monkeypatch, env)
     for name in registered_methods():  # every section is present and typed
