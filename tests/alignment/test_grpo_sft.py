@@ -50,3 +50,20 @@ def test_the_sft_term_is_mu_times_the_reference_nll(tokenizer, rows):
     assert loss.item() == pytest.approx(metrics["pg_loss"] + 0.5 * by_hand.item(), rel=1e-6)
     with pytest.raises(ValueError, match="sft_coef = -1"):
         GRPOSFTConfig(**ROLLOUT, sft_coef=-1.0)
+
+
+def test_grpo_never_reads_the_reference(tokenizer, rows):
+    """Why the verifiable comparison runs GRPO once for every noise level: with the
+    same problems and seed, wrong references leave its training untouched."""
+    from grao_pipeline.alignment.trainer import train
+
+    def trained(references):
+        model, tok = tiny_model(tokenizer, seed=0)
+        noisy = [{**r, "reference": y} for r, y in zip(rows, references, strict=True)]
+        cfg = GRPOConfig(**{**ROLLOUT, "steps": 2, "kl_coef": 0.04})
+        train(model, GRPOMethod(tok, length_reward, cfg), noisy, cfg)
+        return model.state_dict()
+
+    clean = trained([r["reference"] for r in rows])
+    wrong = trained(["a different and wrong answer " * (i + 1) for i in range(len(rows))])
+    assert all(torch.equal(clean[k], wrong[k]) for k in clean)
