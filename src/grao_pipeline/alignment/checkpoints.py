@@ -39,7 +39,8 @@ from grao_pipeline.alignment.config import TrainConfig
 
 STATE_FILE = "trainer_state.json"
 _STEP_RE = re.compile(r"^step-(\d{6})$")
-RESUMABLE_CHANGES = {"steps", "resume", "show_progress", "checkpoint_every", "checkpoints_to_keep"}
+RESUMABLE_CHANGES = {"steps", "resume", "show_progress", "checkpoint_every", "checkpoints_to_keep",
+                     "gradient_checkpointing"}
 """Config fields that may change between a run and its resumption."""
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ values with a message naming the field, before any model is loaded.
 from __future__ import annotations
 
 import types
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 
@@ -46,7 +47,19 @@ def _matches(value: Any, hint: Any) -> bool:
     if origin is dict:
         return isinstance(value, dict) and all(
             _matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
+    if isinstance(hint, type) and is_dataclass(hint):
+        return isinstance(value, hint)
     return True
+
+
+def _nested(cfg: object, name: str, cls: type) -> None:
+    """A nested config section given as a mapping (YAML) becomes its dataclass."""
+    value = getattr(cfg, name)
+    if isinstance(value, Mapping):
+        try:
+            setattr(cfg, name, cls(**value))
+        except TypeError as err:
+            raise ConfigError(f"{type(cfg).__name__}.{name}: {err}") from err
 
 
 def check_types(cfg: object) -> None:
@@ -136,6 +149,38 @@ class RewardConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """Low-rank adapters through ``peft`` (off by default). With them on, only the
+    adapters train, and the frozen start policy (KL, DPO) is the same model with its
+    adapters disabled, not a second copy."""
+
+    enabled: bool = False
+    """Train LoRA adapters instead of every weight."""
+    rank: int = 8
+    """r: the adapters' rank."""
+    alpha: int = 16
+    """Scaling numerator: the adapter output is multiplied by alpha / rank."""
+    dropout: float = 0.0
+    """LoRA dropout. Must be 0: the trainer keeps the model in eval mode so that the
+    sampled and the trained policy are the same, which would leave dropout inert."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Module names that get adapters (Llama/Qwen/Mistral attention projections by
+    default; add gate_proj, up_proj, down_proj for the MLP)."""
+    save_merged: bool = False
+    """Save the model with the adapters merged into its weights (a plain HF model
+    directory) instead of the adapter directory."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        _require(self.rank >= 1, self, "rank", "must be >= 1")
+        _require(self.alpha > 0, self, "alpha", "must be > 0")
+        _require(self.dropout == 0.0, self, "dropout",
+                 "must be 0: training runs in eval mode, where dropout does nothing")
+        _require(bool(self.target_modules), self, "target_modules", "must name at least one module")
+
+
+@dataclass
 class TrainConfig:
     """What every method shares: optimiser, budget, precision, checkpoints."""
 
@@ -173,8 +218,14 @@ class TrainConfig:
     """Resume from the newest complete checkpoint in ``checkpoint_dir`` if there is one."""
     show_progress: bool = True
     """Show a tqdm progress bar."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """LoRA adapters (``lora: {enabled: true, rank: 16}``); off by default."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more
+    update time."""
 
     def __post_init__(self) -> None:
+        _nested(self, "lora", LoRAConfig)
         check_types(self)
         _require(self.steps >= 1, self, "steps", "must be >= 1")
         _require(self.learning_rate > 0, self, "learning_rate", "must be > 0")

@@ -103,12 +103,43 @@ def check_if_local(source: str) -> None:
         check_model_dir(Path(source))
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_adapter_dir(source: str | Path) -> bool:
+    return (Path(source) / ADAPTER_CONFIG).is_file()
+
+
+def load_adapters(path: Path, dtype: torch.dtype, trust_remote_code: bool) -> ModelAndTokenizer:
+    """A LoRA adapter directory: its base model (by the path peft recorded, checked like
+    any model folder), the adapters on top, trainable, and the tokenizer saved beside them."""
+    from peft import PeftModel
+
+    try:
+        base = json.loads((path / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"{path / ADAPTER_CONFIG}: not a peft adapter config ({err!r})") from err
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{path} has no adapter_model.safetensors")
+    with safe_open(str(weights), framework="pt"):
+        pass
+    base_model = load_model(base, dtype, trust_remote_code).model
+    model = PeftModel.from_pretrained(base_model, str(path), is_trainable=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    check_tokenizer(tokenizer, str(path))
+    return ModelAndTokenizer(model, tokenizer)
+
+
 def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32,
                trust_remote_code: bool = False) -> ModelAndTokenizer:
-    """Load a causal LM and tokenizer from an HF directory or hub id (safetensors only).
+    """Load a causal LM and tokenizer from an HF directory or hub id (safetensors only),
+    or a LoRA adapter directory on its recorded base model.
 
     ``trust_remote_code`` runs Python files shipped with the model: off unless asked for."""
     source = str(name_or_path)
+    if is_adapter_dir(source):
+        return load_adapters(Path(source), dtype, trust_remote_code)
     check_if_local(source)
     if trust_remote_code:
         logger.warning("trust_remote_code is on for %s: its own Python code will run", source)
@@ -120,8 +151,15 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32,
 
 
 def save_model(bundle: ModelAndTokenizer, path: str | Path) -> None:
-    """Write ``bundle`` as a plain HF directory: config, safetensors weights, tokenizer."""
+    """Write ``bundle`` as a plain HF directory (config, safetensors weights, tokenizer),
+    or, for a peft model, as an adapter directory naming its base model's folder."""
     path = Path(path)
+    base = getattr(bundle.model, "peft_config", {}).get("default")
+    if base is not None and not (base.base_model_name_or_path
+                                 and Path(base.base_model_name_or_path).is_dir()):
+        raise ValueError(f"cannot save LoRA adapters to {path}: their base model "
+                         f"({base.base_model_name_or_path or 'built in memory'}) is not a local "
+                         "folder they could be loaded onto; set lora.save_merged: true")
     path.mkdir(parents=True, exist_ok=True)
     bundle.model.save_pretrained(path, safe_serialization=True)
     bundle.tokenizer.save_pretrained(path)

@@ -76,7 +76,8 @@ class HFModelDataset(AbstractDataset[ModelAndTokenizer, ModelAndTokenizer]):
         replace_atomically(self._path, lambda tmp: save_model(data, tmp))
 
     def _exists(self) -> bool:
-        return self._path is not None and (Path(self._path) / "config.json").is_file()
+        return self._path is not None and any(
+            (Path(self._path) / f).is_file() for f in ("config.json", "adapter_config.json"))
 
     def _describe(self) -> dict[str, Any]:
         return {"path": self._path, "source": self._source}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from grao_pipeline.alignment.config import TrainConfig
+from grao_pipeline.alignment.lora import finished, with_adapters
 from grao_pipeline.alignment.methods import (  # noqa: F401  (registers)
     dpo,
     grao,
@@ -82,7 +83,8 @@ def train_method(name: str, policy: ModelAndTokenizer, rows: list[dict],
                  ) -> tuple[ModelAndTokenizer, list[dict], str]:
     """Train ``policy`` in place with the registered method ``name``.
 
-    Returns the policy, the step log (one row per optimiser step over all phases, with
+    With ``lora.enabled`` the policy gets adapters first and comes back as a
+    ``PeftModel`` (or merged, with ``lora.save_merged``). Returns the policy, the step log (one row per optimiser step over all phases, with
     ``phase`` and a running ``step``; ``samples`` counts every generated sample, DPO's
     pair candidates included) and a title for figures. ``context`` (e.g. the reward
     config) must match for a checkpoint to be resumed.
@@ -92,9 +94,11 @@ def train_method(name: str, policy: ModelAndTokenizer, rows: list[dict],
         raise ValueError(f"{name}: no training rows")
     history: list[dict] = []
     titles = []
-    for spec, cfg in method_configs(name, sections, changes, budget):
+    phases = method_configs(name, sections, changes, budget)
+    for spec, cfg in phases:
         if spec.uses_reward and reward is None:
             raise ValueError(f"method {spec.name!r} needs a reward")
+        model = with_adapters(model, cfg.lora, cfg.seed, spec.name)
         method = spec.build(tokenizer, reward, cfg, model)
         phase_rows, report = method.training_rows(model, rows)
         if report:
@@ -108,5 +112,5 @@ def train_method(name: str, policy: ModelAndTokenizer, rows: list[dict],
         if phase_log and report.get("samples"):
             phase_log[0]["samples"] = phase_log[0].get("samples", 0) + report["samples"]
         history += phase_log
-        titles.append(spec.describe(cfg))
-    return ModelAndTokenizer(model, tokenizer), history, " → ".join(titles)
+        titles.append(spec.describe(cfg) + (f" + LoRA r={cfg.lora.rank}" if cfg.lora.enabled else ""))
+    return ModelAndTokenizer(finished(model, phases[-1][1].lora), tokenizer), history, " → ".join(titles)

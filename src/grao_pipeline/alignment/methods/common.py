@@ -22,6 +22,7 @@ from accelerate.state import PartialState
 from accelerate.utils import reduce
 
 from grao_pipeline.alignment.config import RolloutConfig
+from grao_pipeline.alignment.lora import AdaptersDisabled, has_adapters
 from grao_pipeline.alignment.rewards import RewardFn, checked_scores
 from grao_pipeline.alignment.rollout import (
     EncodedPrompts,
@@ -79,7 +80,10 @@ def sync_sampler(sampler, model) -> None:
 
 
 def start_policy_copy(model):
-    """A frozen snapshot of the policy training starts from (KL penalty, DPO)."""
+    """A frozen snapshot of the policy training starts from (KL penalty, DPO); with LoRA,
+    the policy itself with its adapters disabled, which costs no memory."""
+    if has_adapters(model):
+        return AdaptersDisabled(model)
     return copy.deepcopy(model).eval().requires_grad_(False)
 
 
