@@ -16,6 +16,7 @@ _PANELS = [
     ("completion length (tokens)", ["completion_length"], "line"),
     ("seconds per step", ["time/generate", "time/score", "time/update"], "stack"),
     ("grad norm", ["grad_norm"], "line"),
+    ("router (MoE): aux loss, largest expert share", ["moe/aux_loss", "moe/max_expert_share"], "line"),
 ]
 
 

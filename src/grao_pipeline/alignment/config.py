@@ -223,11 +223,16 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more
     update time."""
+    router_aux_loss_coef: float | None = None
+    """Mixture-of-experts policies only: weight of the router's load-balancing loss
+    added to the method's loss; None takes the model config's ``router_aux_loss_coef``."""
 
     def __post_init__(self) -> None:
         _nested(self, "lora", LoRAConfig)
         check_types(self)
         _require(self.steps >= 1, self, "steps", "must be >= 1")
+        _require(self.router_aux_loss_coef is None or self.router_aux_loss_coef >= 0, self,
+                 "router_aux_loss_coef", "must be >= 0 or null")
         _require(self.learning_rate > 0, self, "learning_rate", "must be > 0")
         _require(self.weight_decay >= 0, self, "weight_decay", "must be >= 0")
         _require(self.warmup_steps >= 0, self, "warmup_steps", "must be >= 0")

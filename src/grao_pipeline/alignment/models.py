@@ -23,7 +23,9 @@ from transformers import (
     AutoTokenizer,
     GPT2TokenizerFast,
     LlamaConfig,
+    MixtralConfig,
     PreTrainedModel,
+    Qwen2MoeConfig,
 )
 
 logger = logging.getLogger(__name__)
@@ -220,6 +222,31 @@ def tiny_model(tokenizer: object | None = None, seed: int = 0, hidden_size: int 
         max_position_embeddings=512, tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return ModelAndTokenizer(model, tokenizer)
+
+
+def tiny_moe_model(tokenizer: object | None = None, seed: int = 0, kind: str = "mixtral",
+                   hidden_size: int = 64, num_layers: int = 2, num_experts: int = 4,
+                   top_k: int = 2) -> ModelAndTokenizer:
+    """A 2-layer random mixture-of-experts LM (``mixtral`` or ``qwen2_moe``) built from a
+    config, for tests of MoE training. Not a pretrained MoE."""
+    tokenizer = tokenizer if tokenizer is not None else gpt2_tokenizer()
+    common = dict(vocab_size=len(tokenizer), hidden_size=hidden_size,
+                  num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=512, tie_word_embeddings=True,
+                  num_experts_per_tok=top_k, bos_token_id=tokenizer.bos_token_id,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if kind == "mixtral":
+        config = MixtralConfig(**common, intermediate_size=2 * hidden_size,
+                               num_local_experts=num_experts)
+    elif kind == "qwen2_moe":
+        config = Qwen2MoeConfig(**common, intermediate_size=2 * hidden_size,
+                                moe_intermediate_size=hidden_size, num_experts=num_experts,
+                                shared_expert_intermediate_size=hidden_size)
+    else:
+        raise ValueError(f"tiny_moe_model kind = {kind!r}: must be mixtral or qwen2_moe")
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return ModelAndTokenizer(model, tokenizer)

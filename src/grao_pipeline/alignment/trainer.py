@@ -10,6 +10,8 @@ Simplifications and choices, stated once:
   are the same policy (SmolLM2 has no dropout anyway). With gradient checkpointing the
   update runs in train mode (HF checkpoints only there), so a model with dropout is
   refused.
+- Mixture-of-experts policies (moe.py) add the router's load-balancing loss to every
+  method's loss, and log it with the tokens each expert received.
 - Data order and sampling are functions of (seed, step) only: step k reseeds torch and
   draws rows from the epoch-(k·n // N) permutation. A run resumed from a checkpoint at
   step k therefore repeats the uninterrupted run exactly; checkpoints hold model,
@@ -55,6 +57,7 @@ from tqdm.auto import tqdm
 
 from grao_pipeline.alignment import checkpoints
 from grao_pipeline.alignment.config import TrainConfig
+from grao_pipeline.alignment.moe import RouterLoss
 
 logger = logging.getLogger(__name__)
 
@@ -303,8 +306,8 @@ def _one_step(accelerator: Accelerator, model: torch.nn.Module, policy: torch.nn
         chunk_metrics = []
         for i, (chunk, n) in enumerate(parts):
             sync = accelerator.no_sync(model) if i < len(parts) - 1 else contextlib.nullcontext()
-            with sync:
-                loss, metrics = method.loss(model, chunk)
+            with sync, RouterLoss(policy, cfg.router_aux_loss_coef) as router:
+                loss, metrics = router.add_to(*method.loss(model, chunk))
                 # Every rank must agree before the collective backward.
                 bad_ranks = accelerator.reduce(
                     (~torch.isfinite(loss.detach())).float().reshape(1), "sum")
