@@ -1,0 +1,1 @@
+"""Bridges to other training stacks (``trl``: GRAO as a TRL trainer)."""
