@@ -10,7 +10,12 @@ import torch
 from grao_pipeline.alignment.config import GRAOConfig as OurGRAOConfig
 from grao_pipeline.alignment.methods.grao import GRAOMethod
 from grao_pipeline.alignment.models import load_model, save_model, tiny_model
-from grao_pipeline.alignment.rollout import Samples, completion_mask, encode_completions, encode_prompts
+from grao_pipeline.alignment.rollout import (
+    Samples,
+    completion_mask,
+    encode_completions,
+    encode_prompts,
+)
 from grao_pipeline.integrations.trl import GRAOConfig, GRAOTrainer
 
 # equal token lengths under the chat template: TRL's forward does not shift positions
