@@ -23,11 +23,25 @@ GRAO = dict(steps=2, prompts_per_step=2, num_generations=2, max_completion_token
             kl_coef=0.05, lora=LORA)
 
 
-@pytest.fixture
-def saved_base(tokenizer, tmp_path):
+@pytest.fixture(scope="module")
+def saved_base(tokenizer, tmp_path_factory):
     """A tiny model saved to a folder: adapters record their base by path."""
-    HFModelDataset(path=str(tmp_path / "base")).save(tiny_model(tokenizer, seed=0))
-    return tmp_path / "base"
+    path = tmp_path_factory.mktemp("lora") / "base"
+    HFModelDataset(path=str(path)).save(tiny_model(tokenizer, seed=0))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(saved_base, rows_once):
+    """One LoRA GRAO run (with a KL term, so the start policy is used), shared."""
+    return grao(saved_base, rows_once)
+
+
+@pytest.fixture(scope="module")
+def rows_once():
+    prompts = ["how are you?", "what is your dog called?", "do you like tea?", "where do you live?"]
+    answers = ["great thanks!", "his name is Rex", "yes, green tea", "in a small town"]
+    return [{"prompt": p, "reference": a} for p, a in zip(prompts, answers, strict=True)]
 
 
 def logits(model, tok, text="how are you?"):
@@ -45,9 +59,9 @@ def grao(saved_base, rows, layer_calls=None, **changes):
     return policy, log, title
 
 
-def test_only_the_adapters_change_and_they_do(saved_base, rows):
+def test_only_the_adapters_change_and_they_do(saved_base, trained):
     before = load_model(saved_base).model.state_dict()
-    policy, log, title = grao(saved_base, rows)
+    policy, log, title = trained
     assert has_adapters(policy.model) and "LoRA r=4" in title
     trained = {n: p for n, p in policy.model.named_parameters() if p.requires_grad}
     assert trained and all("lora_" in n for n in trained)
@@ -62,8 +76,8 @@ def test_only_the_adapters_change_and_they_do(saved_base, rows):
                            logits(load_model(saved_base).model, policy.tokenizer))
 
 
-def test_the_start_policy_is_the_model_with_adapters_disabled(saved_base, rows):
-    policy, _, _ = grao(saved_base, rows)
+def test_the_start_policy_is_the_model_with_adapters_disabled(saved_base, trained):
+    policy, _, _ = trained
     start = start_policy_copy(policy.model)
     assert isinstance(start, AdaptersDisabled) and start.model is policy.model  # no copy
     original = load_model(saved_base).model
@@ -72,8 +86,8 @@ def test_the_start_policy_is_the_model_with_adapters_disabled(saved_base, rows):
     assert not torch.equal(logits(policy.model, policy.tokenizer), logits(original, policy.tokenizer))
 
 
-def test_adapters_round_trip_through_the_model_dataset(saved_base, rows, tmp_path):
-    policy, _, _ = grao(saved_base, rows)
+def test_adapters_round_trip_through_the_model_dataset(saved_base, trained, rows_once, tmp_path):
+    policy, _, _ = trained
     HFModelDataset(path=str(tmp_path / "adapter")).save(policy)
     assert (tmp_path / "adapter/adapter_model.safetensors").is_file()
     assert not (tmp_path / "adapter/model.safetensors").exists()  # adapters only
@@ -81,7 +95,7 @@ def test_adapters_round_trip_through_the_model_dataset(saved_base, rows, tmp_pat
     assert has_adapters(loaded.model)
     assert torch.equal(logits(loaded.model, loaded.tokenizer), logits(policy.model, policy.tokenizer))
 
-    merged, _, _ = grao(saved_base, rows, lora={**LORA, "save_merged": True})
+    merged, _, _ = grao(saved_base, rows_once, lora={**LORA, "save_merged": True})
     assert not has_adapters(merged.model)
     HFModelDataset(path=str(tmp_path / "merged")).save(merged)
     plain = HFModelDataset(path=str(tmp_path / "merged")).load()
