@@ -236,3 +236,10 @@ def test_the_markdown_table_names_an_unknown_metric():
     assert "| grao | 0.500 [0.400, 0.600] |" in markdown_table(table, 1, ["ras"])
     with pytest.raises(ValueError, match=r"table_metrics names \['accuracy'\]"):
         markdown_table(table, 1, ["accuracy"])
+
+
+def test_methods_may_name_a_method_set():
+    sets = {"noisy": ["grao", "luffy"]}
+    assert CompareConfig(methods="noisy", method_sets=sets).methods == ["grao", "luffy"]
+    with pytest.raises(ValueError, match=r"names no set of method_sets \['noisy'\]"):
+        CompareConfig(methods="clean", method_sets=sets)

@@ -517,12 +517,15 @@ def _default_compared() -> list[str]:
 @dataclass
 class CompareConfig:
     """Which methods the compare pipeline runs, over which seeds. ``methods`` and
-    ``seeds`` shape the pipeline itself (one namespaced run per pair), so set them in
-    a config environment (conf/local, --env), not with ``--params``."""
+    ``seeds`` shape the pipeline itself (one namespaced run per pair): set them in a
+    config environment (conf/local, --env); ``--params`` can only pick a named set
+    (``compare.methods=<set>``), since Kedro's command line takes no lists."""
 
-    methods: list[str] = field(default_factory=_default_compared)
+    methods: list[str] | str = field(default_factory=_default_compared)
     """Registered methods to train from the same starting policy, each reading its own
-    parameters section."""
+    parameters section; or the name of one of ``method_sets``."""
+    method_sets: dict[str, list[str]] = field(default_factory=dict)
+    """Named lists of methods that ``methods`` may name."""
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     """Training seeds; every method runs once per seed."""
     reach_fraction: float = 0.9
@@ -544,6 +547,10 @@ class CompareConfig:
         check_types(self)
         from grao_pipeline.alignment.methods import registered_methods
 
+        if isinstance(self.methods, str):
+            _require(self.methods in self.method_sets, self, "methods",
+                     f"names no set of method_sets {sorted(self.method_sets)}")
+            self.methods = list(self.method_sets[self.methods])
         unknown = [m for m in self.methods if m not in registered_methods()]
         _require(not unknown and bool(self.methods), self, "methods",
                  f"must be a non-empty list of registered methods {registered_methods()}")
