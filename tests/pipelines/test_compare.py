@@ -206,7 +206,7 @@ def test_kedro_viz_shows_every_registered_run_as_its_own_namespace(project):
     for method in EVERY_METHOD:
         for seed in (0, 1, 2):
             assert f"compare.{method}.seed_{seed}" in namespaces
-            assert f"compare.{method}.seed_{seed}.train" in train_nodes
+            assert f"compare.{method}.seed_{seed}.train_and_evaluate" in train_nodes
     assert "summarise_comparison" in train_nodes
 
 

@@ -7,6 +7,7 @@ from the same number of samples; SFT generates nothing and sees as many referenc
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import datasets
@@ -16,7 +17,7 @@ import pandas as pd
 
 from grao_pipeline.alignment.config import CompareConfig, EvalConfig, RewardConfig, TrainConfig
 from grao_pipeline.alignment.evaluation import answer_prompts, score_answers
-from grao_pipeline.alignment.methods import phase_specs
+from grao_pipeline.alignment.methods import phase_specs, uses_reward
 from grao_pipeline.alignment.metrics import (
     length_matched,
     per_prompt_metrics,
@@ -58,23 +59,24 @@ def rollout_budget(methods: list[str], sections: dict[str, TrainConfig]) -> int:
     return anchor.steps * anchor.prompts_per_step * anchor.num_generations
 
 
-def train_run(name: str, seed: int, start_model: ModelAndTokenizer, train_set: datasets.Dataset,
-              budget: int, params: list) -> tuple[ModelAndTokenizer, pd.DataFrame]:
-    """One (method, seed) run from the warm start; its step log gains ``method``, ``seed``
-    and the cumulative ``generated_samples``."""
-    policy, steps, fig = fit(name, start_model, train_set, params,
+def train_and_evaluate(name: str, seed: int, start_model: ModelAndTokenizer,
+                       train_set: datasets.Dataset, budget: int, sections: list,
+                       reward_params: RewardConfig, test_set: datasets.Dataset,
+                       params: EvalConfig, start_answers: pd.DataFrame
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One (method, seed) run: train a copy of the starting policy, then answer and score
+    the held-out prompts like the evaluation pipeline does (KL and verdicts against the
+    untouched starting policy). The step log gains ``method``, ``seed`` and the
+    cumulative ``generated_samples``."""
+    policy = ModelAndTokenizer(copy.deepcopy(start_model.model), start_model.tokenizer)
+    params_in_order = sections + ([reward_params] if uses_reward(name) else [])
+    policy, steps, fig = fit(name, policy, train_set, params_in_order,
                              changes={"seed": seed, **NO_CHECKPOINTS}, budget=budget or None)
     plt.close(fig)
     samples = steps["samples"].fillna(0).cumsum() if "samples" in steps else 0
-    return policy, steps.assign(method=name, seed=seed, generated_samples=samples)
-
-
-def evaluate_run(name: str, seed: int, policy: ModelAndTokenizer, test_set: datasets.Dataset,
-                 params: EvalConfig, start_model: ModelAndTokenizer, start_answers: pd.DataFrame,
-                 reward_params: RewardConfig) -> pd.DataFrame:
-    """Answer and score the held-out prompts like the evaluation pipeline does."""
     answers = answer_prompts(policy, test_set, params, start_policy=start_model)
-    return score_answers(answers, reward_params, name, start_answers).assign(seed=seed)
+    scored = score_answers(answers, reward_params, name, start_answers).assign(seed=seed)
+    return steps.assign(method=name, seed=seed, generated_samples=samples), scored
 
 
 def summarise_comparison(params: CompareConfig, *runs: pd.DataFrame

@@ -4,7 +4,7 @@ method registry and ``compare.methods`` × ``compare.seeds``.
     compare.budget               the shared generated-sample budget (checked)
     compare.start_answers        the starting policy's answers to the test prompts
                                  (``compare.start_model``: sft_model or base_model)
-    compare.<method>.seed_<k>    train -> model (memory) -> evaluate -> scored
+    compare.<method>.seed_<k>    train and evaluate -> training_log, scored
     summarise_comparison         reads only the per-run outputs
 
 Each run's ``scored`` and ``training_log`` are persisted through dataset factories
@@ -25,7 +25,7 @@ from grao_pipeline.alignment.methods import parameter_sections
 from grao_pipeline.alignment.models import ModelAndTokenizer
 from grao_pipeline.pipelines.training import method_inputs, typed_function
 
-from .nodes import evaluate_run, rollout_budget, summarise_comparison, train_run
+from .nodes import rollout_budget, summarise_comparison, train_and_evaluate
 
 SHARED = {"train_set", "test_set", "compare_budget", "compare_start_answers"}
 
@@ -46,30 +46,29 @@ def _budget_pipeline(methods: list[str]) -> Pipeline:
 
 
 def _run_pipeline(method: str, seed: int, start: str) -> Pipeline:
-    inputs = method_inputs(method)
+    """One node per run: train, then evaluate at once, so a run's policy is freed before
+    the next run trains (Kedro's runner would otherwise train every run first and hold
+    every policy in memory until the evaluations)."""
+    sections = [(arg, entry, cls) for arg, entry, cls in method_inputs(method)
+                if entry != "params:rewards"]
 
-    def train(start_model, train_set, budget, *params):
-        return train_run(method, seed, start_model, train_set, budget, list(params))
+    def run(start_model, train_set, budget, test_set, eval_params, start_answers, reward_params,
+            *params):
+        return train_and_evaluate(method, seed, start_model, train_set, budget, list(params),
+                                  reward_params, test_set, eval_params, start_answers)
 
-    def evaluate(policy, test_set, params, start_model, start_answers, reward_params):
-        return evaluate_run(method, seed, policy, test_set, params, start_model, start_answers,
-                            reward_params)
-
-    train_func = typed_function(train, f"train_{method}", [
+    run_func = typed_function(run, f"run_{method}", [
         ("start_model", ModelAndTokenizer), ("train_set", datasets.Dataset), ("budget", int),
-        *[(arg, cls) for arg, _, cls in inputs]])
-    evaluate_func = typed_function(evaluate, f"evaluate_{method}", [
-        ("policy", ModelAndTokenizer), ("test_set", datasets.Dataset), ("params", EvalConfig),
-        ("start_model", ModelAndTokenizer), ("start_answers", pd.DataFrame),
-        ("reward_params", RewardConfig)])
+        ("test_set", datasets.Dataset), ("eval_params", EvalConfig),
+        ("start_answers", pd.DataFrame), ("reward_params", RewardConfig),
+        *[(arg, cls) for arg, _, cls in sections]])
     template = pipeline([
-        node(train_func, [start, "train_set", "compare_budget", *[e for _, e, _ in inputs]],
-             ["model", "training_log"], name="train"),
-        node(evaluate_func, ["model", "test_set", "params:evaluation", start,
-                             "compare_start_answers", "params:rewards"], "scored", name="evaluate"),
+        node(run_func, [start, "train_set", "compare_budget", "test_set", "params:evaluation",
+                        "compare_start_answers", "params:rewards", *[e for _, e, _ in sections]],
+             ["training_log", "scored"], name="train_and_evaluate"),
     ])
     return pipeline(template, namespace=run_namespace(method, seed), inputs=SHARED | {start},
-                    parameters={e for _, e, _ in inputs} | {"params:evaluation", "params:rewards"})
+                    parameters={e for _, e, _ in sections} | {"params:evaluation", "params:rewards"})
 
 
 def create_pipeline(settings: CompareConfig) -> Pipeline:
