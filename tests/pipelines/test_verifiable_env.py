@@ -17,10 +17,10 @@ def test_the_verifiable_env_trains_grpo_sft_on_generated_problems(project):
     params = {**TINY_RUN, "grpo_sft": {**TINY_ROLLOUT, "sft_coef": 0.5, "kl_coef": 0.0}}
     with KedroSession.create(project_path=project, env="verifiable", runtime_params=params) as session:
         session.run(pipeline_names=["data_processing", "sft", "grpo_sft"])
-    train = datasets.load_from_disk(str(project / "data/05_model_input/train"))
+    train = datasets.load_from_disk(str(project / "data/verifiable/noise_0.0/05_model_input/train"))
     assert {"prompt", "reference", "answer", "reference_is_wrong"} <= set(train.column_names)
     assert train[0]["prompt"].startswith("What is ")
-    log = pd.read_csv(project / "data/08_reporting/grpo_sft_training_log.csv")
+    log = pd.read_csv(project / "data/verifiable/noise_0.0/08_reporting/grpo_sft_training_log.csv")
     assert list(log["step"]) == [1, 2] and (log["sft_nll"] > 0).all()
     assert log["reward/mean"].between(0.0, 1.0).all()  # exact_answer: 1/0 per sample
     assert log["reward/reference"].eq(1.0).all()  # clean references are right answers
