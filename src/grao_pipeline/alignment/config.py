@@ -274,7 +274,8 @@ class RolloutConfig(TrainConfig):
     """Sampling temperature (paper: 0.7); no top-k/top-p truncation."""
     sampling_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """dtype of the sampling copy of the policy; ``auto`` = bfloat16 where the hardware
-    has native bf16 (about 2x faster generation on AVX512-BF16 CPUs)."""
+    has native bf16 (about 2x faster generation on AVX512-BF16 CPUs). On CPU the bf16
+    copy's linear layers are pre-packed for oneDNN (``alignment/sampler.py``)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

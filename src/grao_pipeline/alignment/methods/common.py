@@ -31,7 +31,7 @@ from grao_pipeline.alignment.rollout import (
     sample_completions,
     token_logps,
 )
-from grao_pipeline.alignment.trainer import bf16_supported
+from grao_pipeline.alignment.sampler import sampling_copy, sync_sampler
 
 # (model, tokenizer, encoded prompts, prompt texts, G, max new tokens, temperature) -> Samples.
 # Tests swap in pre-drawn completions keyed by prompt, so ranks can be compared exactly.
@@ -65,18 +65,6 @@ def global_sum(value: float | torch.Tensor) -> torch.Tensor:
     """Sum over every process (a no-op on one process)."""
     tensor = torch.as_tensor(value, dtype=torch.float64, device=PartialState().device)
     return reduce(tensor, "sum").cpu()
-
-
-def sampling_copy(model, sampling_dtype: str):
-    """The model generation runs on: a bf16 copy where bf16 is native (about 2× faster
-    sampling), else the policy itself. Re-sync a copy with ``sync_sampler``."""
-    use_bf16 = sampling_dtype == "bfloat16" or (sampling_dtype == "auto" and bf16_supported())
-    return copy.deepcopy(model).to(torch.bfloat16).eval() if use_bf16 else model
-
-
-def sync_sampler(sampler, model) -> None:
-    if sampler is not model:
-        sampler.load_state_dict(model.state_dict())  # copy_ casts to the sampler's dtype
 
 
 def start_policy_copy(model):
@@ -200,7 +188,8 @@ class RolloutMethod(BaseMethod):
         self.sample_fn: SampleFn = default_sample_fn
 
     def setup(self, model) -> None:
-        self.sampler = sampling_copy(model, self.cfg.sampling_dtype)
+        self.sampler = sampling_copy(model, self.cfg.sampling_dtype,
+                                     self.cfg.prompts_per_step * self.cfg.num_generations)
         if self.needs_start_policy:
             self.start_policy = start_policy_copy(model)
 

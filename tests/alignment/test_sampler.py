@@ -1,0 +1,81 @@
+"""The sampling copy: packed bf16 linears give the plain bf16 copy's logits bit for bit,
+before and after a re-sync, for dense (tied embedding), biased and MoE models."""
+
+import copy
+
+import pytest
+import torch
+
+from grao_pipeline.alignment.models import tiny_model, tiny_moe_model
+from grao_pipeline.alignment.sampler import (
+    PackedLinear,
+    packing_available,
+    sampling_copy,
+    sync_sampler,
+)
+
+pytestmark = pytest.mark.skipif(not packing_available(), reason="oneDNN bf16 not available")
+
+
+def plain_bf16(model):
+    return copy.deepcopy(model).to(torch.bfloat16).eval()
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("build", [
+    lambda tok: tiny_model(tok),
+    lambda tok: tiny_moe_model(tok, kind="qwen2_moe"),  # q/k/v carry biases
+], ids=["llama_tied", "qwen2_moe_bias"])
+def test_packed_copy_matches_plain_bf16_before_and_after_sync(tokenizer, build):
+    policy = build(tokenizer).model
+    sampler = sampling_copy(policy, "bfloat16", rows=8)
+    packed = [m for m in sampler.modules() if isinstance(m, PackedLinear)]
+    assert packed and not any(type(m) is torch.nn.Linear for m in sampler.modules())
+    ids = torch.randint(0, len(tokenizer), (3, 11))
+    assert torch.equal(logits(sampler, ids), logits(plain_bf16(policy), ids))
+
+    with torch.no_grad():  # an optimiser step, every tensor including the tied embedding
+        for p in policy.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    stale = logits(sampler, ids)
+    sync_sampler(sampler, policy)
+    fresh = logits(sampler, ids)
+    assert not torch.equal(stale, fresh)
+    assert torch.equal(fresh, logits(plain_bf16(policy), ids))
+
+
+def test_fp32_sampling_is_the_policy_itself(tokenizer):
+    policy = tiny_model(tokenizer).model
+    assert sampling_copy(policy, "float32", rows=8) is policy
+
+
+def test_sync_names_a_tensor_the_policy_lacks(tokenizer):
+    policy = tiny_model(tokenizer).model
+    sampler = sampling_copy(policy, "bfloat16", rows=8)
+    sampler.register_buffer("stray", torch.zeros(1))
+    with pytest.raises(KeyError, match="stray"):
+        sync_sampler(sampler, policy)
+
+
+def test_a_lora_policy_samples_from_its_merged_weights(tokenizer):
+    from grao_pipeline.alignment.config import LoRAConfig
+    from grao_pipeline.alignment.lora import with_adapters
+
+    policy = with_adapters(tiny_model(tokenizer).model,
+                           LoRAConfig(enabled=True, rank=4, alpha=8,
+                                      target_modules=["q_proj", "v_proj", "down_proj"]), 0, "t")
+    sampler = sampling_copy(policy, "bfloat16", rows=8)
+    assert not any("lora" in name for name, _ in sampler.named_parameters())
+    with torch.no_grad():  # training moves the adapters (B starts at 0) and nothing else
+        for name, p in policy.named_parameters():
+            if "lora_" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    sync_sampler(sampler, policy)
+    merged = plain_bf16(copy.deepcopy(policy).merge_and_unload())
+    ids = torch.randint(0, len(tokenizer), (3, 11))
+    assert not torch.equal(logits(sampler, ids), logits(plain_bf16(tiny_model(tokenizer).model), ids))
+    assert torch.equal(logits(sampler, ids), logits(merged, ids))
