@@ -50,3 +50,23 @@ def test_the_reward_reads_the_answer_column_never_the_reference():
     assert scores == pytest.approx([1.1, 1.0, 0.0])
     with pytest.raises(KeyError, match="needs an 'answer' column"):
         exact_answer_reward()(prompts, completions, wrong_reference)
+
+
+def test_held_out_accuracy_is_graded_by_the_answer_column_never_the_reference():
+    import pandas as pd
+
+    from grao_pipeline.alignment.evaluation import score_answers
+
+    rewards = RewardConfig(components={"relevance": {"weight": 0}, "positivity": {"weight": 0},
+                                       "profanity": {"weight": 0},
+                                       "exact_answer": {"weight": 1.0, "format_bonus": 0.0}})
+    answers = pd.DataFrame({
+        "prompt": ["What is 20 + 37?", "What is 11 + 12?"],
+        "reference": ["58", "23"],        # the first demonstration is wrong
+        "completion": ["57", "24"],       # right, then wrong
+        "length": [1, 1], "reference_length": [1, 1], "truncated": [False, False],
+        "kl_from_start": [0.0, 0.0],
+        "answer": ["57", "23"], "reference_is_wrong": [True, False]})
+    scored = score_answers(answers, rewards, "m")
+    assert scored["reward"].tolist() == [1.0, 0.0]          # accuracy = mean_reward = 0.5
+    assert scored["reference_reward"].tolist() == [0.0, 1.0]  # the wrong y scores 0 too
