@@ -119,6 +119,11 @@ def in_worker(target, *args) -> dict:
     return result
 
 
+def start_policy_line(cost: dict) -> str:
+    return (f"frozen start policy (KL, DPO): full fine-tune copy +{cost['start_policy_mb']['full']:.0f} MB, "
+            f"LoRA adapters disabled +{cost['start_policy_mb']['lora']:.0f} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rank", type=int, default=16)
@@ -139,8 +144,7 @@ def main() -> None:
     if args.start_policy_only:
         cost = in_worker(start_policy_cost)
         out.write_text(json.dumps({**json.loads(out.read_text()), **cost}, indent=2))
-        print(f"frozen start policy: copy +{cost['start_policy_mb']['full']:.0f} MB, "
-              f"adapters disabled +{cost['start_policy_mb']['lora']:.0f} MB; updated {out.relative_to(ROOT)}")
+        print(start_policy_line(cost) + f"; updated {out.relative_to(ROOT)}")
         return
     results = [in_worker(variant, "full", {}),
                in_worker(variant, "lora", {"lora": lora, "learning_rate": args.learning_rate})]
@@ -153,8 +157,7 @@ def main() -> None:
               f"{r['peak_rss_mb_training']:>12.0f}  {m['mean_reward']['value']:.3f} "
               f"[{m['mean_reward']['ci_low']:.3f}, {m['mean_reward']['ci_high']:.3f}]   "
               f"{m['ras']['value']:.3f} [{m['ras']['ci_low']:.3f}, {m['ras']['ci_high']:.3f}]")
-    print(f"frozen start policy (KL, DPO): full fine-tune copy +{cost['start_policy_mb']['full']:.0f} MB, "
-          f"LoRA adapters disabled +{cost['start_policy_mb']['lora']:.0f} MB")
+    print(start_policy_line(cost))
     out.write_text(json.dumps({"machine": cpu_name(), "variants": results, **cost}, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")
 

@@ -74,13 +74,18 @@ def pack_linears(model: torch.nn.Module, rows: int) -> torch.nn.Module:
     return model
 
 
+def _plain_model(model):
+    """The transformers model under a peft wrapper (the policy itself without one)."""
+    return model.get_base_model() if has_adapters(model) else model
+
+
 def sampling_copy(model, sampling_dtype: str, rows: int):
     """The policy's bf16 sampling copy (packed linears on CPU) where bf16 is wanted,
     else the policy itself. ``rows``: the decode batch (prompts per step × G)."""
     use_bf16 = sampling_dtype == "bfloat16" or (sampling_dtype == "auto" and bf16_supported())
     if not use_bf16:
         return model
-    base = model.get_base_model() if has_adapters(model) else model
+    base = _plain_model(model)
     device = next(model.parameters()).device
     with torch.device("meta"):
         sampler = type(base)(copy.deepcopy(base.config)).to(torch.bfloat16)
@@ -96,7 +101,7 @@ def _policy_tensors(model) -> dict[str, Callable[[], torch.Tensor]]:
     """The policy's parameters and buffers under plain-model names, each behind a
     call, so a LoRA layer's merged weight W + s·BA exists one layer at a time. Tied
     tensors appear under each name."""
-    base = model.get_base_model() if has_adapters(model) else model
+    base = _plain_model(model)
     tensors = {name: (lambda t=tensor: t) for name, tensor in [
         *base.named_parameters(remove_duplicate=False), *base.named_buffers(remove_duplicate=False)]
         if ".lora_" not in name and ".base_layer." not in name}
