@@ -58,6 +58,24 @@ def test_sampling_shapes_truncation_and_eos(tiny):
     assert not torch.is_inference(out.ids)
 
 
+def test_min_new_tokens_holds_back_eos_exactly_that_long(tiny):
+    model, tok = tiny
+    torch.manual_seed(0)
+    # EOS gets +100 on every step, so it is drawn as soon as it is allowed.
+    hook = model.lm_head.register_forward_hook(
+        lambda module, inputs, logits: logits.index_add(-1, torch.tensor([tok.eos_token_id]),
+                                                        torch.full((*logits.shape[:-1], 1), 100.0)))
+    try:
+        enc = encode_prompts(tok, ["hi", "hello there"])
+        for do_sample in (True, False):
+            out = sample_completions(model, tok, enc, num_generations=2, max_new_tokens=6,
+                                     do_sample=do_sample, min_new_tokens=3)
+            assert (out.ids[:, 3] == tok.eos_token_id).all(), out.ids
+            assert (out.mask.sum(1) == 4).all() and out.num_truncated == 0
+    finally:
+        hook.remove()
+
+
 def test_prompt_longer_than_limit_is_refused(tokenizer):
     with pytest.raises(ValueError, match="exceeds max_prompt_tokens=5"):
         check_prompt_lengths(tokenizer, ["a rather long prompt " * 3], 5, 4, 512)
@@ -114,14 +132,27 @@ def test_log_probs_do_not_hold_a_full_vocabulary_log_softmax(tmp_path):
     assert selective["peak_mb"] < 0.75 * full["peak_mb"], runs
 
 
-def test_gumbel_max_sampling_draws_from_the_tempered_softmax():
-    from grao_pipeline.alignment.rollout import GumbelMaxSampling
+def test_inverse_cdf_sampling_draws_from_the_tempered_softmax():
+    from grao_pipeline.alignment.rollout import InverseCDFSampling
 
     torch.manual_seed(0)
-    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -30.0])
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -30.0, float("-inf")])
     for temperature in (1.0, 0.5):
         n = 200_000
-        draws = GumbelMaxSampling(temperature)(None, logits.expand(n, -1).clone()).argmax(-1)
-        freq = torch.bincount(draws, minlength=5).float() / n
+        scores = InverseCDFSampling(temperature)(None, logits.expand(n, -1).clone())
+        assert ((scores == 0).sum(-1) == 1).all() and ((scores == 0) | (scores == float("-inf"))).all()
+        draws = scores.argmax(-1)
+        freq = torch.bincount(draws, minlength=6).float() / n
         expected = torch.softmax(logits / temperature, -1)
         assert torch.allclose(freq, expected, atol=4e-3), (temperature, freq, expected)
+        assert freq[5] == 0  # a -inf logit is never drawn
+
+
+def test_suppress_eos_only_before_min_new_tokens():
+    from grao_pipeline.alignment.rollout import SuppressEOS
+
+    suppress = SuppressEOS(eos=[1, 3], prompt_length=4, min_new_tokens=2)
+    for length, suppressed in ((4, True), (5, True), (6, False)):
+        scores = suppress(torch.zeros(2, length, dtype=torch.long), torch.zeros(2, 5))
+        assert (scores[:, [1, 3]] == float("-inf")).all() == suppressed
+        assert (scores[:, [0, 2, 4]] == 0).all()

@@ -115,18 +115,38 @@ class Samples:
         return int(self.truncated.sum())
 
 
-class GumbelMaxSampling(LogitsProcessor):
-    """Draws from softmax(logits / T) as argmax(logits / T + Gumbel noise), an exact
-    sample, so ``generate`` runs in its greedy mode with this processor. On CPU this is
-    about 4× cheaper than ``torch.multinomial`` over a 49k vocabulary (its exponential
-    draw costs ~9 ms per decode step at batch 8; ``torch.rand`` ~2 ms)."""
+class InverseCDFSampling(LogitsProcessor):
+    """Draws from softmax(logits / T) by inverse CDF, one uniform per row, and returns
+    scores that are 0 at the drawn token and -inf elsewhere, so ``generate`` runs in its
+    greedy mode and its argmax takes the draw. A zero-probability token (logit -inf)
+    spans an empty CDF interval and is never drawn. On CPU at batch 8 over a 49k
+    vocabulary this is ~0.6 ms per decode step, against ~3.5 ms for Gumbel-max (one
+    uniform and two logs per vocabulary entry) and ~9 ms for ``torch.multinomial``."""
 
     def __init__(self, temperature: float):
         self.temperature = temperature
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        gumbel = -torch.log(-torch.log(torch.rand_like(scores)))
-        return scores / self.temperature + gumbel
+        cdf = torch.softmax(scores.float() / self.temperature, dim=-1).cumsum_(dim=-1)
+        # Scaled by the last entry, so the CDF's rounding cannot leave u past its end.
+        u = torch.rand(cdf.shape[0], 1, device=cdf.device) * cdf[:, -1:]
+        drawn = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1)
+        return torch.full_like(scores, float("-inf")).scatter_(1, drawn, 0.0)
+
+
+class SuppressEOS(LogitsProcessor):
+    """Sets the EOS logits to -inf until ``min_new_tokens`` tokens exist, in place:
+    three columns written, where ``MinNewTokensLengthLogitsProcessor`` rebuilds a
+    vocabulary-sized mask and ``where`` every step (~2 ms per decode step at batch 8)."""
+
+    def __init__(self, eos: list[int], prompt_length: int, min_new_tokens: int):
+        self.eos = torch.tensor(eos)
+        self.until = prompt_length + min_new_tokens
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[1] < self.until:
+            scores[:, self.eos.to(scores.device)] = float("-inf")
+        return scores
 
 
 @torch.no_grad()  # not inference_mode: these tensors are reused as inputs under autograd
@@ -136,17 +156,21 @@ def sample_completions(model: PreTrainedModel, tokenizer, prompts: EncodedPrompt
     """Sample ``num_generations`` completions per prompt in one batched ``generate`` call.
 
     Pure temperature sampling, with no top-k or top-p truncation, so the sampled
-    distribution is the policy's own: Gumbel-max over logits / T (``GumbelMaxSampling``)
-    with ``generate`` in greedy mode; ``do_sample=False`` is plain greedy decoding.
+    distribution is the policy's own: inverse CDF over softmax(logits / T)
+    (``InverseCDFSampling``) with ``generate`` in greedy mode; ``do_sample=False`` is
+    plain greedy decoding.
     ``min_new_tokens`` > 0 suppresses EOS before that many tokens (benchmarks use it to
     fix the work per step).
     """
     eos = eos_ids(tokenizer, model)
     config = GenerationConfig(
-        do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None,
-        num_beams=1, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, use_cache=True)
+        do_sample=False, max_new_tokens=max_new_tokens, num_beams=1, eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id, use_cache=True)
     device = next(model.parameters()).device
-    processors = LogitsProcessorList([GumbelMaxSampling(temperature)] if do_sample else [])
+    # EOS suppression first: the sampler must see the -inf it writes.
+    processors = LogitsProcessorList(
+        ([SuppressEOS(eos, prompts.ids.shape[1], min_new_tokens)] if min_new_tokens else [])
+        + ([InverseCDFSampling(temperature)] if do_sample else []))
     # Greedy mode returns one sequence per input row: repeat each prompt G times, as
     # num_return_sequences would (prompt-major order).
     out = model.generate(input_ids=prompts.ids.repeat_interleave(num_generations, 0).to(device),
