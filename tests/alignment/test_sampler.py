@@ -123,3 +123,18 @@ def test_cached_decoding_in_the_sampler_matches_a_full_forward(tokenizer):
         full = plain_bf16(policy)(input_ids=ids, attention_mask=mask).logits[:, -1]
     assert torch.allclose(step.logits[:, -1].float(), full.float(), atol=0.05), \
         (step.logits[:, -1] - full).abs().max()
+
+
+def test_released_weights_refuse_to_sample_until_the_next_sync(tokenizer):
+    from grao_pipeline.alignment.sampler import release_sampler
+
+    policy = tiny_model(tokenizer).model
+    sampler = sampling_copy(policy, "bfloat16", rows=8)
+    ids = torch.randint(0, len(tokenizer), (3, 11))
+    before = logits(sampler, ids)
+    release_sampler(sampler)
+    assert all(m.packed is None for m in sampler.modules() if isinstance(m, PackedLinear))
+    with pytest.raises(RuntimeError, match="released after its rollout"):
+        logits(sampler, ids)
+    sync_sampler(sampler, policy)
+    assert torch.equal(logits(sampler, ids), before)

@@ -202,9 +202,9 @@ class TrainConfig:
     max_completion_tokens: int = 48
     """Longest completion: new tokens sampled, and the cut for reference answers."""
     mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
-    """bf16 autocast for the update, or plain fp32; ``auto`` = bf16 where the hardware has
-    native bf16. (Not accelerate's ``"no"``: YAML 1.1 reads an unquoted no as False, and
-    ``dvc exp run -S`` writes it unquoted.)"""
+    """bf16 autocast for every forward of a step (scoring and the update), or plain fp32;
+    ``auto`` = bf16 where the hardware has native bf16. (Not accelerate's ``"no"``: YAML
+    1.1 reads an unquoted no as False, and ``dvc exp run -S`` writes it unquoted.)"""
     seed: int = 0
     """Seeds data order and sampling; step k reseeds with (seed, k) so a resumed run
     repeats the uninterrupted one."""

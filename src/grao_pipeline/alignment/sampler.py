@@ -10,11 +10,11 @@ at ~13 GB/s where ``aten::mm`` on the plain layout manages ~8 GB/s
 A LoRA policy's copy has its adapters merged (W + s·BA), so generation pays nothing for
 them. Where bf16 is not native, the sampler is the policy itself: no copy, no sync.
 
-Memory: the copy is built empty from the config and filled by ``sync_sampler``, and
-packing goes through one reused bf16 buffer into the same packed buffers every time.
-A fresh bf16 cast per layer per sync fragments the heap (212 MB of weights took 311 MB
-packed that way); with the reused buffer a GRPO step's peak RSS fell 4189 → 3978 MB
-(benchmarks/NOTES.md).
+Memory: the copy is built empty from the config and filled by ``sync_sampler``;
+packing goes through one reused bf16 buffer (a fresh bf16 cast per layer fragmented
+the heap: 212 MB of weights took 311 MB packed that way). The packed weights live only
+from a sync to the end of the next rollout (``release_sampler``), so the update reuses
+their memory (benchmarks/NOTES.md).
 """
 
 from __future__ import annotations
@@ -51,16 +51,18 @@ class PackedLinear(torch.nn.Module):
     @torch.no_grad()
     def pack(self, weight: torch.Tensor, scratch: torch.Tensor) -> None:
         """Pack ``weight`` [out, in] (any dtype) through ``scratch``, a flat bf16
-        buffer at least as large; a re-pack writes into the same packed buffer."""
+        buffer at least as large."""
         plain = scratch[: weight.numel()].view(weight.shape)
         plain.copy_(weight)
-        packed = torch.ops.mkldnn._reorder_linear_weight(plain, self.rows)
-        if self.packed is None:
-            self.packed = packed
-        else:
-            self.packed.copy_(packed)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(plain, self.rows)
+
+    def release(self) -> None:
+        self.packed = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is None:
+            raise RuntimeError("this sampling copy's weights were released after its rollout: "
+                               "sync_sampler(sampler, policy) re-packs them")
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     def extra_repr(self) -> str:
@@ -151,6 +153,15 @@ def _policy_tensors(model) -> dict[str, Callable[[], torch.Tensor]]:
             if module.base_layer.bias is not None:
                 tensors[f"{name}.bias"] = lambda m=module: m.base_layer.bias
     return tensors
+
+
+def release_sampler(sampler) -> None:
+    """Drop the copy's packed weights (stale once the update starts) until the next
+    ``sync_sampler``, so the update reuses their memory: the copy and the update's
+    activations no longer peak together. A no-op where there is no packed copy."""
+    for module in sampler.modules():
+        if isinstance(module, PackedLinear):
+            module.release()
 
 
 @torch.no_grad()

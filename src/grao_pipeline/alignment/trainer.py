@@ -117,17 +117,27 @@ def bf16_supported() -> bool:
 
 
 def resolve_mixed_precision(setting: str) -> str:
-    """Our setting -> accelerate's ``mixed_precision`` value."""
+    """``auto`` -> ``bf16`` where it is native, else ``fp32``."""
     if setting == "auto":
-        setting = "bf16" if bf16_supported() else "fp32"
-    return {"bf16": "bf16", "fp32": "no"}[setting]
+        return "bf16" if bf16_supported() else "fp32"
+    return setting
 
 
-def make_accelerator(mixed_precision: str) -> Accelerator:
+def mixed_precision(setting: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast around a step's forwards (rollout scoring and the loss), or nothing.
+
+    Our own autocast rather than accelerate's ``mixed_precision``: accelerate also
+    converts every model output to float32, which made a float32 copy of the
+    [N, C, V] logits that ``selective_log_softmax`` exists to avoid; in the benchmark's
+    GRAO step that copy (92 MB) and its gradient's cast set the peak RSS."""
+    return torch.autocast(device.type, dtype=torch.bfloat16,
+                          enabled=resolve_mixed_precision(setting) == "bf16")
+
+
+def make_accelerator() -> Accelerator:
     # AcceleratorState is a process singleton; a new config needs a fresh state.
     AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(cpu=not torch.cuda.is_available(),
-                       mixed_precision=resolve_mixed_precision(mixed_precision))
+    return Accelerator(cpu=not torch.cuda.is_available())
 
 
 def refuse_dropout(model: torch.nn.Module) -> None:
@@ -293,7 +303,8 @@ def _one_step(accelerator: Accelerator, model: torch.nn.Module, policy: torch.nn
     torch.manual_seed(cfg.seed * 1_000_003 + step)
     indices = step_row_indices(len(rows), method.rows_per_step, step, cfg.seed)
     rank_indices = indices[accelerator.process_index::accelerator.num_processes]
-    batch, row = method.prepare(policy, [rows[i] for i in rank_indices])
+    with mixed_precision(cfg.mixed_precision, accelerator.device):
+        batch, row = method.prepare(policy, [rows[i] for i in rank_indices])
     batch = to_device(batch, accelerator.device)
 
     t_update = time.perf_counter()
@@ -307,7 +318,8 @@ def _one_step(accelerator: Accelerator, model: torch.nn.Module, policy: torch.nn
         for i, (chunk, n) in enumerate(parts):
             sync = accelerator.no_sync(model) if i < len(parts) - 1 else contextlib.nullcontext()
             with sync, RouterLoss(policy, cfg.router_aux_loss_coef) as router:
-                loss, metrics = router.add_to(*method.loss(model, chunk))
+                with mixed_precision(cfg.mixed_precision, accelerator.device):
+                    loss, metrics = router.add_to(*method.loss(model, chunk))
                 # Every rank must agree before the collective backward.
                 bad_ranks = accelerator.reduce(
                     (~torch.isfinite(loss.detach())).float().reshape(1), "sum")
@@ -350,7 +362,7 @@ def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainCo
     """
     if not rows:
         raise ValueError("no training rows")
-    accelerator = make_accelerator(cfg.mixed_precision)
+    accelerator = make_accelerator()
     if method.rows_per_step % accelerator.num_processes:
         raise ValueError(f"{method.rows_per_step} prompts per step cannot be split evenly "
                          f"over {accelerator.num_processes} processes")

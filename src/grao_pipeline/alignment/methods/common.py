@@ -31,7 +31,7 @@ from grao_pipeline.alignment.rollout import (
     sample_completions,
     token_logps,
 )
-from grao_pipeline.alignment.sampler import sampling_copy, sync_sampler
+from grao_pipeline.alignment.sampler import release_sampler, sampling_copy, sync_sampler
 
 # (model, tokenizer, encoded prompts, prompt texts, G, max new tokens, temperature) -> Samples.
 # Tests swap in pre-drawn completions keyed by prompt, so ranks can be compared exactly.
@@ -194,8 +194,10 @@ class RolloutMethod(BaseMethod):
             self.start_policy = start_policy_copy(model)
 
     def rollout(self, rows: list[dict]) -> Rollout:
-        return rollout_and_score(self.sampler, self.tokenizer, self.reward, rows, self.cfg,
-                                 self.sample_fn)
+        rollout = rollout_and_score(self.sampler, self.tokenizer, self.reward, rows, self.cfg,
+                                    self.sample_fn)
+        release_sampler(self.sampler)  # stale from the update on; after_update re-packs
+        return rollout
 
     def after_update(self, model) -> None:
         sync_sampler(self.sampler, model)
