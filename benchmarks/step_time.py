@@ -369,9 +369,10 @@ def main() -> None:
            "trl_peak_rss_mb": result["trl"]["peak_rss_mb"],
            "floors": floor, "trainers": {k: result[k] for k in ("trl", "grpo", "grao")},
            "questions": result["questions"]}
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")  # kept if the sweep fails
     if args.scaling:
         out["scaling"] = scaling(cfg, args.scaling_steps)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 
 
