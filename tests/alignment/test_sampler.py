@@ -81,35 +81,13 @@ def test_a_lora_policy_samples_from_its_merged_weights(tokenizer):
     assert torch.equal(logits(sampler, ids), logits(merged, ids))
 
 
-def test_decode_attention_matches_float32_attention_and_ignores_masked_keys():
-    from torch.nn.functional import scaled_dot_product_attention as sdpa
-
-    from grao_pipeline.alignment.sampler import decode_attention
-
-    torch.manual_seed(0)
-    batch, heads, kv_heads, length, dim = 4, 6, 2, 9, 16
-    query = torch.randn(batch, heads, 1, dim).bfloat16()
-    key, value = (torch.randn(batch, kv_heads, length, dim).bfloat16() for _ in range(2))
-    mask = torch.ones(batch, 1, 1, length, dtype=torch.bool)
-    mask[1, ..., :3] = False  # a left-padded row
-    out, _ = decode_attention(None, query, key, value, mask, scaling=0.3)
-    expected = sdpa(query.float(), key.float().repeat_interleave(heads // kv_heads, 1),
-                    value.float().repeat_interleave(heads // kv_heads, 1), attn_mask=mask, scale=0.3)
-    assert out.shape == (batch, 1, heads, dim) and out.dtype == torch.bfloat16
-    # the only error left is the output's rounding to bf16
-    assert torch.allclose(out.float(), expected.transpose(1, 2), rtol=8e-3, atol=1e-6)
-    poisoned_key, poisoned_value = key.clone(), value.clone()
-    poisoned_key[1, :, :3], poisoned_value[1, :, :3] = 1e4, -1e4
-    assert torch.equal(decode_attention(None, query, poisoned_key, poisoned_value, mask, scaling=0.3)[0], out)
-
-
 def test_cached_decoding_in_the_sampler_matches_a_full_forward(tokenizer):
-    from grao_pipeline.alignment.sampler import DECODE_ATTENTION
+    from grao_pipeline.alignment.attention import CPU_ATTENTION
 
     policy = tiny_model(tokenizer).model
     sampler = sampling_copy(policy, "bfloat16", rows=3)
-    assert sampler.config._attn_implementation == DECODE_ATTENTION
-    assert policy.config._attn_implementation != DECODE_ATTENTION
+    assert sampler.config._attn_implementation == CPU_ATTENTION
+    assert policy.config._attn_implementation != CPU_ATTENTION
     ids = torch.randint(0, len(tokenizer), (3, 12))
     mask = torch.ones_like(ids)
     mask[0, :4] = 0  # left padding, as prompts have

@@ -7,8 +7,9 @@ decode step is ~210 small GEMMs with 8 rows, and the packed kernels stream the w
 at ~13 GB/s where ``aten::mm`` on the plain layout manages ~8 GB/s
 (benchmarks/NOTES.md). Outputs are bit-identical to ``F.linear`` (tested).
 
-On a CPU its attention for one new token per row is ``decode_attention`` (float32,
-query heads grouped per key/value head), ~3× faster than SDPA's flash kernel there.
+On a CPU its attention is ``attention.cpu_attention``: SDPA with the one-token query
+packed per key/value head, ~5× faster than the grouped-query kernel transformers asks
+for when prompts need no padding.
 
 A LoRA policy's copy has its adapters merged (W + s·BA), so generation pays nothing for
 them. Where bf16 is not native, the sampler is the policy itself: no copy, no sync.
@@ -27,10 +28,8 @@ from collections.abc import Callable
 
 import torch
 from peft.tuners.lora import LoraLayer
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from grao_pipeline.alignment.attention import CPU_ATTENTION, applies
 from grao_pipeline.alignment.lora import has_adapters
 from grao_pipeline.alignment.trainer import bf16_supported
 
@@ -72,40 +71,6 @@ class PackedLinear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, packed for {self.rows} rows"
 
 
-DECODE_ATTENTION = "grao_decode"
-
-
-def decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
-                     **kwargs):
-    """Attention for one new token per row, the grouped query heads reading their
-    shared key/value head without ``repeat_kv``; scores, softmax and the value sum in
-    float32 (as SDPA's CPU kernel keeps them). Anything else (prefill, attention sinks,
-    softcapping) goes to SDPA unchanged. On the sampler's shapes (batch 8, 9 query and
-    3 key/value heads, ≤ 85 positions) ~140 µs per call where SDPA's flash kernel takes
-    ~400 µs (benchmarks/NOTES.md).
-
-    query [B, H, 1, D]; key, value [B, KV, L, D]; attention_mask None or bool [B, 1, 1, L]
-    (True = attend). Returns ([B, 1, H, D], None), SDPA's layout."""
-    if (query.shape[2] != 1 or dropout or kwargs.get("s_aux") is not None
-            or kwargs.get("softcap") is not None):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
-    batch, heads, _, dim = query.shape
-    kv_heads = key.shape[1]
-    # Head h reads key/value head h // (heads / kv_heads), as repeat_kv lays them out.
-    grouped_query = query.reshape(batch, kv_heads, heads // kv_heads, dim).float()
-    scale = dim ** -0.5 if scaling is None else scaling
-    scores = torch.matmul(grouped_query, key.float().transpose(2, 3)) * scale
-    if attention_mask is not None:
-        scores = scores.masked_fill(~attention_mask, float("-inf"))
-    attn_output = torch.matmul(scores.softmax(dim=-1), value.float())
-    return attn_output.to(query.dtype).reshape(batch, 1, heads, dim), None
-
-
-AttentionInterface.register(DECODE_ATTENTION, decode_attention)
-AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
-
-
 def pack_linears(model: torch.nn.Module, rows: int) -> torch.nn.Module:
     """Swap every plain ``nn.Linear`` for an empty ``PackedLinear``, in place."""
     for parent in list(model.modules()):
@@ -130,8 +95,8 @@ def sampling_copy(model, sampling_dtype: str, rows: int):
     base = _plain_model(model)
     device = next(model.parameters()).device
     config = copy.deepcopy(base.config)
-    if device.type == "cpu":  # a GPU's flash kernels beat it
-        config._attn_implementation = DECODE_ATTENTION
+    if applies(base, device):
+        config._attn_implementation = CPU_ATTENTION
     with torch.device("meta"):
         sampler = type(base)(config).to(torch.bfloat16)
     if device.type == "cpu" and packing_available():

@@ -56,6 +56,7 @@ from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
 from grao_pipeline.alignment import checkpoints
+from grao_pipeline.alignment.attention import cpu_attention_in
 from grao_pipeline.alignment.config import TrainConfig
 from grao_pipeline.alignment.moe import RouterLoss
 
@@ -383,50 +384,53 @@ def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainCo
     method.extra_modules = extra
 
     policy = accelerator.unwrap_model(model)  # generation and no-grad forwards use it
-    # Before any checkpoint is loaded: the frozen start policy (KL, DPO) must be the
-    # policy training began from, not the resumed one; the fingerprints likewise.
-    method.setup(policy)
-    fingerprints = {"starting weights": checkpoints.weights_fingerprint(
-                        [accelerator.unwrap_model(m) for m in (model, *extra)]),
-                    "training rows": checkpoints.rows_fingerprint(rows),
-                    "reward and other settings": checkpoints.rows_fingerprint([dict(context or {})])}
-    start_step, history = 0, []
-    found = _resume_point(accelerator, cfg, fingerprints) if cfg.checkpoint_dir else None
-    if found is not None:
-        checkpoint, state = found
-        accelerator.load_state(str(checkpoint))
-        method.after_update(policy)  # re-sync a sampling copy with the loaded weights
-        start_step, history = state["step"], state["log"]
-        logger.info("%s: resumed from %s", method.name, checkpoint)
-    named = [(n, p) for m in (model, *extra) for n, p in accelerator.unwrap_model(m).named_parameters()
-             if p.requires_grad]
+    # Every forward of the run (and the copies made below) uses the CPU attention
+    # where it applies; the model leaves train() with its own setting.
+    with cpu_attention_in(policy, accelerator.device):
+        # Before any checkpoint is loaded: the frozen start policy (KL, DPO) must be the
+        # policy training began from, not the resumed one; the fingerprints likewise.
+        method.setup(policy)
+        fingerprints = {"starting weights": checkpoints.weights_fingerprint(
+                            [accelerator.unwrap_model(m) for m in (model, *extra)]),
+                        "training rows": checkpoints.rows_fingerprint(rows),
+                        "reward and other settings": checkpoints.rows_fingerprint([dict(context or {})])}
+        start_step, history = 0, []
+        found = _resume_point(accelerator, cfg, fingerprints) if cfg.checkpoint_dir else None
+        if found is not None:
+            checkpoint, state = found
+            accelerator.load_state(str(checkpoint))
+            method.after_update(policy)  # re-sync a sampling copy with the loaded weights
+            start_step, history = state["step"], state["log"]
+            logger.info("%s: resumed from %s", method.name, checkpoint)
+        named = [(n, p) for m in (model, *extra) for n, p in accelerator.unwrap_model(m).named_parameters()
+                 if p.requires_grad]
 
-    progress = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps,
-                    desc=method.name, dynamic_ncols=True,
-                    disable=not cfg.show_progress or not accelerator.is_local_main_process)
-    try:
-        with _StopSignals() as stop:
-            for step in progress:
-                history.append(_one_step(accelerator, model, policy, method, rows, cfg, step,
-                                         trainable, named, optimizer, scheduler))
-                row = history[-1]
-                progress.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "reward/mean") if k in row})
-                interrupted = _any_rank(accelerator, stop.received is not None)
-                last = step + 1 == cfg.steps
-                if cfg.checkpoint_dir and (interrupted or (cfg.checkpoint_every and (
-                        (step + 1) % cfg.checkpoint_every == 0 or last))):
-                    saved = _save_checkpoint(accelerator, cfg, step + 1, history, fingerprints)
-                if interrupted:
-                    where = (f"checkpoint saved at {saved}; rerun the same command to resume"
-                             if cfg.checkpoint_dir else "no checkpoint_dir is set, so nothing was saved")
-                    raise TrainingInterrupted(
-                        f"{method.name}: stopped by {stop.received or 'a signal on another rank'} "
-                        f"after step {step + 1} of {cfg.steps}; {where}")
-                for callback in callbacks:
-                    callback(step + 1, row)
-    except StopTraining:
-        pass
-    finally:
-        progress.close()
-    return TrainResult(policy, history)
+        progress = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps,
+                        desc=method.name, dynamic_ncols=True,
+                        disable=not cfg.show_progress or not accelerator.is_local_main_process)
+        try:
+            with _StopSignals() as stop:
+                for step in progress:
+                    history.append(_one_step(accelerator, model, policy, method, rows, cfg, step,
+                                             trainable, named, optimizer, scheduler))
+                    row = history[-1]
+                    progress.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "reward/mean") if k in row})
+                    interrupted = _any_rank(accelerator, stop.received is not None)
+                    last = step + 1 == cfg.steps
+                    if cfg.checkpoint_dir and (interrupted or (cfg.checkpoint_every and (
+                            (step + 1) % cfg.checkpoint_every == 0 or last))):
+                        saved = _save_checkpoint(accelerator, cfg, step + 1, history, fingerprints)
+                    if interrupted:
+                        where = (f"checkpoint saved at {saved}; rerun the same command to resume"
+                                 if cfg.checkpoint_dir else "no checkpoint_dir is set, so nothing was saved")
+                        raise TrainingInterrupted(
+                            f"{method.name}: stopped by {stop.received or 'a signal on another rank'} "
+                            f"after step {step + 1} of {cfg.steps}; {where}")
+                    for callback in callbacks:
+                        callback(step + 1, row)
+        except StopTraining:
+            pass
+        finally:
+            progress.close()
+        return TrainResult(policy, history)
 
