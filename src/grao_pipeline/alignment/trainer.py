@@ -10,6 +10,10 @@ Simplifications and choices, stated once:
   are the same policy (SmolLM2 has no dropout anyway). With gradient checkpointing the
   update runs in train mode (HF checkpoints only there), so a model with dropout is
   refused.
+- bf16 autocast is ours (``mixed_precision``), around prepare and loss alike, so the
+  old log-probs and the loss's see the same arithmetic; accelerate's would also cast
+  the logits to a float32 copy. On a CPU the policy attends with
+  ``attention.cpu_attention`` for the run (faster one-token decoding; SDPA otherwise).
 - Mixture-of-experts policies (moe.py) add the router's load-balancing loss to every
   method's loss, and log it with the tokens each expert received.
 - Data order and sampling are functions of (seed, step) only: step k reseeds torch and
