@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -110,6 +111,7 @@ class TrainResult:
     log: list[dict]
 
 
+@functools.cache  # asked on every step's autocast; the hardware does not change in a process
 def bf16_supported() -> bool:
     """Native bf16 matmuls: a bf16-capable GPU, or a CPU with AVX512-BF16 or AMX."""
     if torch.cuda.is_available():
