@@ -125,10 +125,13 @@ def test_gradient_checkpointing_changes_nothing_but_memory(saved_base, rows, tok
     plain_calls, checkpointed_calls = [], []
     plain, plain_log, _ = grao(saved_base, rows, plain_calls)
     checkpointed, log, _ = grao(saved_base, rows, checkpointed_calls, gradient_checkpointing=True)
-    # the layer ran again in each backward: activations were recomputed, not stored
-    assert len(checkpointed_calls) == len(plain_calls) + GRAO["steps"]
+    # The plain run computes each prompt once (two forwards per log-prob call); under
+    # checkpointing a call is one whole-row forward, and the layer ran again in each
+    # backward: activations were recomputed, not stored.
+    assert len(checkpointed_calls) == len(plain_calls) // 2 + GRAO["steps"]
+    # Sharing the prompt or not sums the same terms in another order: ~1e-5 apart.
     for a, b in zip(plain_log, log, strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-7)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-7)
     for p, q in zip(plain.model.parameters(), checkpointed.model.parameters(), strict=True):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
     dropout = tiny_model(tokenizer, seed=0)

@@ -156,3 +156,67 @@ def test_suppress_eos_only_before_min_new_tokens():
         scores = suppress(torch.zeros(2, length, dtype=torch.long), torch.zeros(2, 5))
         assert (scores[:, [1, 3]] == float("-inf")).all() == suppressed
         assert (scores[:, [0, 2, 4]] == 0).all()
+
+
+def _member_batch(tok):
+    """Two prompts of different lengths (left padding), M = 3 completions each, of
+    different lengths (right padding after EOS)."""
+    enc = encode_prompts(tok, ["hi", "a longer prompt with more tokens"])
+    texts = ["fine", "ok then, why not", "no", "yes", "maybe later today", "sure thing"]
+    ids, mask = encode_completions(tok, texts, 7, tok.eos_token_id)
+    return enc, ids, mask
+
+
+@pytest.mark.parametrize("return_hidden", [False, True])
+def test_prompt_run_once_equals_whole_rows_in_values_and_gradients(tiny, return_hidden):
+    """member_logps' shared-prompt forward (prompt once, KV cache repeated per member)
+    must give the whole-row forward's log-probs, hidden states and parameter gradients."""
+    from grao_pipeline.alignment.rollout import shared_prompt_token_logps
+
+    model, tok = tiny
+    enc, ids, mask = _member_batch(tok)
+    results = []
+    for shared in (True, False):
+        model.zero_grad(set_to_none=True)
+        if shared:
+            out = shared_prompt_token_logps(model, enc.ids, enc.mask, ids, mask, return_hidden)
+        else:
+            out = token_logps(model, enc.ids.repeat_interleave(3, 0), enc.mask.repeat_interleave(3, 0),
+                              ids, mask, return_hidden)
+        logps, hidden = out if return_hidden else (out, None)
+        weights = torch.linspace(0.5, 2.0, logps.numel()).view_as(logps)  # every position counts
+        loss = (logps * mask * weights).sum() + (hidden.pow(2).mean() if return_hidden else 0)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        results.append((logps * mask, None if hidden is None else hidden * mask[..., None], grads))
+    (shared_logps, shared_hidden, shared_grads), (whole_logps, whole_hidden, whole_grads) = results
+    assert torch.allclose(shared_logps, whole_logps, atol=1e-5)
+    if return_hidden:
+        assert torch.allclose(shared_hidden, whole_hidden, atol=1e-5)
+    assert shared_grads.keys() == whole_grads.keys()
+    for name in whole_grads:
+        assert whole_grads[name].abs().max() > 0, name  # the comparison means something
+        assert torch.allclose(shared_grads[name], whole_grads[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_member_logps_shares_the_prompt_only_where_it_is_exact(tiny):
+    """One prompt forward of B rows where sharing applies; B·M whole rows under
+    activation checkpointing, whose recompute would extend the KV cache twice."""
+    from grao_pipeline.alignment.methods.common import member_logps
+
+    model, tok = tiny
+    enc, ids, mask = _member_batch(tok)
+    batch_sizes = []
+    hook = model.model.register_forward_hook(
+        lambda mod, args, kwargs, out: batch_sizes.append(kwargs["input_ids"].shape), with_kwargs=True)
+    shared = member_logps(model, enc.ids, enc.mask, ids.view(2, 3, -1), mask.view(2, 3, -1))
+    c = ids.shape[1]
+    assert [tuple(s) for s in batch_sizes] == [(2, enc.ids.shape[1]), (6, c)]
+    batch_sizes.clear()
+    model.train()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    whole = member_logps(model, enc.ids, enc.mask, ids.view(2, 3, -1), mask.view(2, 3, -1))
+    hook.remove()
+    assert [tuple(s) for s in batch_sizes] == [(6, enc.ids.shape[1] + c)]
+    m = mask.view(2, 3, -1).bool()
+    assert torch.allclose(shared[m], whole[m], atol=1e-5)

@@ -96,8 +96,11 @@ def test_one_step_matches_our_grao_step(tokenizer, tmp_path, monkeypatch):
     loss = trainer.compute_loss(trainer.model, inputs)
     loss.backward()
     assert loss.item() == pytest.approx(ours.item(), abs=1e-6)
+    # Ours runs each prompt once for its G members (rollout.shared_prompt_token_logps),
+    # TRL whole rows: the same sums in another order, ~2e-6 apart in the embedding's.
     for name, p in trainer.model.named_parameters():
-        torch.testing.assert_close(p.grad, our_grads[name], atol=1e-6, rtol=1e-5, msg=name)
+        torch.testing.assert_close(p.grad, our_grads[name], atol=5e-6, rtol=1e-5,
+                                   msg=lambda m, n=name: f"{n}: {m}")
     logged = trainer._metrics["train"]
     assert logged["grao/reward_reference"][-1] == pytest.approx(our_metrics["reward/reference"])
     assert logged["grao/frac_reference_advantage_negative"][-1] == pytest.approx(

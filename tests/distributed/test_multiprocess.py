@@ -38,11 +38,18 @@ def test_two_processes_match_one_on_the_same_global_batch(tmp_path, method, aggr
     one = launch(tmp_path / "one", 1, *args)
     two = launch(tmp_path / "two", 2, *args)
     assert (one["world_size"], two["world_size"]) == (1, 2)
-    for name, atol in (("grads_step1", 1e-6), ("weights", 2e-5)):
-        a, b = (load_file(tmp_path / run / f"{name}.safetensors") for run in ("one", "two"))
-        assert a.keys() == b.keys()
-        for key in a:
-            assert torch.allclose(a[key], b[key], atol=atol, rtol=1e-4), (name, key)
+    grads, weights = ({run: load_file(tmp_path / run / f"{name}.safetensors") for run in ("one", "two")}
+                      for name in ("grads_step1", "weights"))
+    assert grads["one"].keys() == grads["two"].keys() == weights["one"].keys() == weights["two"].keys()
+    for key in grads["one"]:
+        assert torch.allclose(grads["one"][key], grads["two"][key], atol=1e-6, rtol=1e-4), key
+    # Adam moves a weight by ~lr·sign(g) in its first steps, so where |g| is at float-noise
+    # level (~1e-7: the ranks pad prompts to other lengths, and attention sums in other
+    # blocks) a sign may differ. Allow a handful of such weights among 3.3M; a wrong split
+    # of the batch moves most of them.
+    apart = sum(int((~torch.isclose(weights["one"][k], weights["two"][k], atol=2e-5, rtol=1e-4)).sum())
+                for k in weights["one"])
+    assert apart <= 10, f"{apart} weights differ after {len(one['log'])} steps"
     for row_one, row_two in zip(one["log"], two["log"], strict=True):
         for key in ("loss", "reward/mean", "grad_norm", "samples", "tokens"):
             assert row_two[key] == pytest.approx(row_one[key], rel=1e-5, abs=1e-6), key

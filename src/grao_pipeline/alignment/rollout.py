@@ -149,6 +149,20 @@ class SuppressEOS(LogitsProcessor):
         return scores
 
 
+def prompt_cache(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, repeats: int):
+    """The KV cache of every prompt token but the last, computed once per prompt and
+    repeated for its G samples: ``generate`` then runs only the last prompt token (it
+    needs one uncached token to predict from) instead of G·P prefill positions. Positions
+    as ``generate`` computes them. None for one-token prompts."""
+    if ids.shape[1] < 2:
+        return None
+    positions = (mask.cumsum(dim=1) - 1).masked_fill(mask == 0, 1)
+    cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                  use_cache=True, logits_to_keep=1).past_key_values
+    cache.batch_repeat_interleave(repeats)
+    return cache
+
+
 @torch.no_grad()  # not inference_mode: these tensors are reused as inputs under autograd
 def sample_completions(model: PreTrainedModel, tokenizer, prompts: EncodedPrompts,
                        num_generations: int, max_new_tokens: int, temperature: float = 1.0,
@@ -171,10 +185,12 @@ def sample_completions(model: PreTrainedModel, tokenizer, prompts: EncodedPrompt
     processors = LogitsProcessorList(
         ([SuppressEOS(eos, prompts.ids.shape[1], min_new_tokens)] if min_new_tokens else [])
         + ([InverseCDFSampling(temperature)] if do_sample else []))
+    ids, mask = prompts.ids.to(device), prompts.mask.to(device)
     # Greedy mode returns one sequence per input row: repeat each prompt G times, as
     # num_return_sequences would (prompt-major order).
-    out = model.generate(input_ids=prompts.ids.repeat_interleave(num_generations, 0).to(device),
-                         attention_mask=prompts.mask.repeat_interleave(num_generations, 0).to(device),
+    out = model.generate(input_ids=ids.repeat_interleave(num_generations, 0),
+                         attention_mask=mask.repeat_interleave(num_generations, 0),
+                         past_key_values=prompt_cache(model, ids, mask, num_generations),
                          generation_config=config, logits_processor=processors)
     ids = out[:, prompts.ids.shape[1]:].cpu()
     mask = completion_mask(ids, eos)
@@ -256,6 +272,51 @@ def token_logps(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: t
     if return_hidden:
         c = completion_ids.shape[1]
         return logps, out.hidden_states[-1][:, -(c + 1):-1]
+    return logps
+
+
+def shares_prompt(model: torch.nn.Module) -> bool:
+    """Whether ``member_logps`` may run each prompt once for all its members. Not under
+    activation checkpointing (its recompute would append to the KV cache a second time)
+    nor for a mixture-of-experts policy (the router's loss and counts are taken per
+    forward over the whole sequence)."""
+    return not any(getattr(m, "gradient_checkpointing", False)
+                   or hasattr(getattr(m, "config", None), "router_aux_loss_coef") for m in model.modules())
+
+
+def shared_prompt_token_logps(model: PreTrainedModel, prompt_ids: torch.Tensor,
+                              prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
+                              completion_mask_: torch.Tensor, return_hidden: bool = False):
+    """``token_logps`` for M completions per prompt with each prompt run once.
+
+    ``prompt_*``: [B, P]; ``completion_*``: [B·M, C], prompt-major. The B prompts'
+    forward fills a KV cache, which is repeated M times and extended by the completions'
+    forward: causal attention makes that the same computation as B·M prompt +
+    completion rows, with B·(P + M·C) token positions instead of B·M·(P + C) (the
+    benchmark's GRPO update: 458 instead of 680). Gradients reach the prompt positions
+    through the cache. Returns [B·M, C] (and hidden states [B·M, C, H])."""
+    n, c = completion_ids.shape
+    m = n // prompt_ids.shape[0]
+    prompt_positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
+    head = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions,
+                 use_cache=True, logits_to_keep=1, output_hidden_states=return_hidden)
+    cache = head.past_key_values
+    cache.batch_repeat_interleave(m)
+    attention_mask = torch.cat([prompt_mask.repeat_interleave(m, 0), completion_mask_], dim=1)
+    positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)[:, -c:]
+    tail = model(input_ids=completion_ids, attention_mask=attention_mask, position_ids=positions,
+                 past_key_values=cache, use_cache=True, logits_to_keep=c,
+                 output_hidden_states=return_hidden)
+    # The last prompt position predicts every member's first token: its logits are
+    # shared, so score them as [B, M] against a broadcast view, not M copies.
+    first_logps = selective_log_softmax(head.logits.expand(-1, m, -1),
+                                        completion_ids[:, 0].view(-1, m)).reshape(n, 1)
+    # As in token_logps: the last position is scored against a dummy id and dropped.
+    rest_logps = selective_log_softmax(tail.logits, F.pad(completion_ids[:, 1:], (0, 1)))[:, :-1]
+    logps = torch.cat([first_logps, rest_logps], dim=1)
+    if return_hidden:
+        first_hidden = head.hidden_states[-1][:, -1:].repeat_interleave(m, 0)
+        return logps, torch.cat([first_hidden, tail.hidden_states[-1][:, :-1]], dim=1)
     return logps
 
 

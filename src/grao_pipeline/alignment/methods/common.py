@@ -29,6 +29,8 @@ from grao_pipeline.alignment.rollout import (
     Samples,
     encode_prompts,
     sample_completions,
+    shared_prompt_token_logps,
+    shares_prompt,
     token_logps,
 )
 from grao_pipeline.alignment.sampler import release_sampler, sampling_copy, sync_sampler
@@ -128,15 +130,21 @@ def rollout_and_score(sampler, tokenizer, reward: RewardFn, rows: list[dict],
 def member_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                  completion_ids: torch.Tensor, completion_mask: torch.Tensor,
                  return_hidden: bool = False):
-    """Per-token log-probs of M completions per prompt in one forward.
+    """Per-token log-probs of M completions per prompt, each prompt run once where the
+    model allows it (``shares_prompt``), else as B·M whole rows.
 
     ``completion_*``: [B, M, C]; returns [B, M, C] (and hidden states [B, M, C, H])."""
     b, m, c = completion_ids.shape
     device = next(model.parameters()).device
-    out = token_logps(model, prompt_ids.to(device).repeat_interleave(m, 0),
-                      prompt_mask.to(device).repeat_interleave(m, 0),
-                      completion_ids.reshape(b * m, c).to(device),
-                      completion_mask.reshape(b * m, c).to(device), return_hidden=return_hidden)
+    completion_ids = completion_ids.reshape(b * m, c).to(device)
+    completion_mask = completion_mask.reshape(b * m, c).to(device)
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    if m > 1 and shares_prompt(model):
+        out = shared_prompt_token_logps(model, prompt_ids, prompt_mask, completion_ids,
+                                        completion_mask, return_hidden=return_hidden)
+    else:
+        out = token_logps(model, prompt_ids.repeat_interleave(m, 0), prompt_mask.repeat_interleave(m, 0),
+                          completion_ids, completion_mask, return_hidden=return_hidden)
     if return_hidden:
         logps, hidden = out
         return logps.view(b, m, c), hidden.reshape(b, m, c, -1)
