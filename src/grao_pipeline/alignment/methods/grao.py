@@ -2,7 +2,8 @@
 
 A step: sample G completions per prompt, score them and the reference y with the same
 reward, group-relative advantages over {o_1..o_G, y}, then the three-term loss of
-``losses.grao_loss`` on one forward over samples and y together. One optimiser step
+``losses.grao_loss`` on one forward over samples and y together (on their prompt's
+KV cache, the prompt run once: ``member_logps``). One optimiser step
 per rollout by default (on-policy, no ratio); the k3 KL to the start policy and a
 clipped ratio over several epochs are optional and off.
 """
