@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
+from grao_pipeline.alignment.moe import is_moe
+
 
 @dataclass
 class EncodedPrompts:
@@ -149,16 +151,21 @@ class SuppressEOS(LogitsProcessor):
         return scores
 
 
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted from each row's first real token (rows are left-padded), as
+    ``generate`` counts them; padded positions get 0 (their keys are masked anyway)."""
+    return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
 def prompt_cache(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, repeats: int):
     """The KV cache of every prompt token but the last, computed once per prompt and
     repeated for its G samples: ``generate`` then runs only the last prompt token (it
-    needs one uncached token to predict from) instead of G·P prefill positions. Positions
-    as ``generate`` computes them. None for one-token prompts."""
+    needs one uncached token to predict from) instead of G·P prefill positions. None for
+    one-token prompts."""
     if ids.shape[1] < 2:
         return None
-    positions = (mask.cumsum(dim=1) - 1).masked_fill(mask == 0, 1)
-    cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-                  use_cache=True, logits_to_keep=1).past_key_values
+    cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
+                  position_ids=position_ids(mask[:, :-1]), use_cache=True, logits_to_keep=1).past_key_values
     cache.batch_repeat_interleave(repeats)
     return cache
 
@@ -185,12 +192,12 @@ def sample_completions(model: PreTrainedModel, tokenizer, prompts: EncodedPrompt
     processors = LogitsProcessorList(
         ([SuppressEOS(eos, prompts.ids.shape[1], min_new_tokens)] if min_new_tokens else [])
         + ([InverseCDFSampling(temperature)] if do_sample else []))
-    ids, mask = prompts.ids.to(device), prompts.mask.to(device)
+    prompt_ids, prompt_mask = prompts.ids.to(device), prompts.mask.to(device)
     # Greedy mode returns one sequence per input row: repeat each prompt G times, as
     # num_return_sequences would (prompt-major order).
-    out = model.generate(input_ids=ids.repeat_interleave(num_generations, 0),
-                         attention_mask=mask.repeat_interleave(num_generations, 0),
-                         past_key_values=prompt_cache(model, ids, mask, num_generations),
+    out = model.generate(input_ids=prompt_ids.repeat_interleave(num_generations, 0),
+                         attention_mask=prompt_mask.repeat_interleave(num_generations, 0),
+                         past_key_values=prompt_cache(model, prompt_ids, prompt_mask, num_generations),
                          generation_config=config, logits_processor=processors)
     ids = out[:, prompts.ids.shape[1]:].cpu()
     mask = completion_mask(ids, eos)
@@ -207,9 +214,8 @@ def _forward(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torc
     completion token t, the last position predicts nothing we score."""
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
     attention_mask = torch.cat([prompt_mask, completion_mask_], dim=1)
-    # Positions count from the first real prompt token (left padding), as in generate.
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+    return model(input_ids=input_ids, attention_mask=attention_mask,
+                 position_ids=position_ids(attention_mask),
                  logits_to_keep=completion_ids.shape[1] + 1, use_cache=False,
                  output_hidden_states=return_hidden)
 
@@ -280,8 +286,7 @@ def shares_prompt(model: torch.nn.Module) -> bool:
     activation checkpointing (its recompute would append to the KV cache a second time)
     nor for a mixture-of-experts policy (the router's loss and counts are taken per
     forward over the whole sequence)."""
-    return not any(getattr(m, "gradient_checkpointing", False)
-                   or hasattr(getattr(m, "config", None), "router_aux_loss_coef") for m in model.modules())
+    return not any(getattr(m, "gradient_checkpointing", False) or is_moe(m) for m in model.modules())
 
 
 def shared_prompt_token_logps(model: PreTrainedModel, prompt_ids: torch.Tensor,
@@ -297,14 +302,13 @@ def shared_prompt_token_logps(model: PreTrainedModel, prompt_ids: torch.Tensor,
     through the cache. Returns [B·M, C] (and hidden states [B·M, C, H])."""
     n, c = completion_ids.shape
     m = n // prompt_ids.shape[0]
-    prompt_positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
-    head = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions,
+    head = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask),
                  use_cache=True, logits_to_keep=1, output_hidden_states=return_hidden)
     cache = head.past_key_values
     cache.batch_repeat_interleave(m)
     attention_mask = torch.cat([prompt_mask.repeat_interleave(m, 0), completion_mask_], dim=1)
-    positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)[:, -c:]
-    tail = model(input_ids=completion_ids, attention_mask=attention_mask, position_ids=positions,
+    tail = model(input_ids=completion_ids, attention_mask=attention_mask,
+                 position_ids=position_ids(attention_mask)[:, -c:],
                  past_key_values=cache, use_cache=True, logits_to_keep=c,
                  output_hidden_states=return_hidden)
     # The last prompt position predicts every member's first token: its logits are
