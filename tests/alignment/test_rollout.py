@@ -167,14 +167,19 @@ def _member_batch(tok):
     return enc, ids, mask
 
 
+@pytest.mark.parametrize("one_token_prompts", [False, True])
 @pytest.mark.parametrize("return_hidden", [False, True])
-def test_prompt_run_once_equals_whole_rows_in_values_and_gradients(tiny, return_hidden):
-    """member_logps' shared-prompt forward (prompt once, KV cache repeated per member)
-    must give the whole-row forward's log-probs, hidden states and parameter gradients."""
-    from grao_pipeline.alignment.rollout import shared_prompt_token_logps
+def test_prompt_run_once_equals_whole_rows_in_values_and_gradients(tiny, return_hidden,
+                                                                   one_token_prompts):
+    """member_logps' shared-prompt forward (prompt once, KV cache repeated per member;
+    a one-token prompt has no cache and runs with each member) must give the whole-row
+    forward's log-probs, hidden states and parameter gradients."""
+    from grao_pipeline.alignment.rollout import EncodedPrompts, shared_prompt_token_logps
 
     model, tok = tiny
     enc, ids, mask = _member_batch(tok)
+    if one_token_prompts:
+        enc = EncodedPrompts(enc.ids[:, -1:], enc.mask[:, -1:])
     results = []
     for shared in (True, False):
         model.zero_grad(set_to_none=True)
@@ -200,8 +205,10 @@ def test_prompt_run_once_equals_whole_rows_in_values_and_gradients(tiny, return_
 
 
 def test_member_logps_shares_the_prompt_only_where_it_is_exact(tiny):
-    """One prompt forward of B rows where sharing applies; B·M whole rows under
-    activation checkpointing, whose recompute would extend the KV cache twice."""
+    """Where sharing applies: one forward of the B prompts but their last token, then
+    B·M member rows of C positions (the last prompt token and the completion but its
+    last token). B·M whole rows under activation checkpointing, whose recompute would
+    extend the KV cache twice."""
     from grao_pipeline.alignment.methods.common import member_logps
 
     model, tok = tiny
@@ -211,7 +218,7 @@ def test_member_logps_shares_the_prompt_only_where_it_is_exact(tiny):
         lambda mod, args, kwargs, out: batch_sizes.append(kwargs["input_ids"].shape), with_kwargs=True)
     shared = member_logps(model, enc.ids, enc.mask, ids.view(2, 3, -1), mask.view(2, 3, -1))
     c = ids.shape[1]
-    assert [tuple(s) for s in batch_sizes] == [(2, enc.ids.shape[1]), (6, c)]
+    assert [tuple(s) for s in batch_sizes] == [(2, enc.ids.shape[1] - 1), (6, c)]
     batch_sizes.clear()
     model.train()
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

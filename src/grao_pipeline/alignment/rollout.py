@@ -159,9 +159,10 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def prompt_cache(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, repeats: int):
     """The KV cache of every prompt token but the last, computed once per prompt and
-    repeated for its G samples: ``generate`` then runs only the last prompt token (it
-    needs one uncached token to predict from) instead of G·P prefill positions. None for
-    one-token prompts."""
+    repeated for its G samples (or M scored members): ``generate`` then runs only the
+    last prompt token (it needs one uncached token to predict from) instead of G·P
+    prefill positions, and ``shared_prompt_token_logps`` runs it with each member. None
+    for one-token prompts."""
     if ids.shape[1] < 2:
         return None
     cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
@@ -228,31 +229,41 @@ def completion_logits(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_m
 
 
 class _SelectiveLogSoftmax(torch.autograd.Function):
-    """log_softmax(logits)[index] forward and backward, ``chunk`` positions at a time;
-    saves only the logits, and writes the gradient into one buffer, so the peak is the
-    logits, their gradient and one chunk's temporaries."""
+    """log_softmax(logits)[index] forward and backward, ``chunk`` positions at a time,
+    through one float32 [chunk, V] buffer reused by every chunk and both passes. Saves
+    the logits and the [N·C] log-sum-exps, so backward's softmax is exp(z − lse) in
+    place. A fresh vocabulary-wide temporary per chunk (the float copy, then the
+    log-sum-exp's and softmax's own) was mostly page faults in a training step
+    (benchmarks/NOTES.md); the peak is the logits, their gradient and one buffer."""
 
     @staticmethod
     def forward(ctx, logits, index, chunk):
         flat, ids = logits.reshape(-1, logits.shape[-1]), index.reshape(-1)
-        out = torch.empty(ids.shape, dtype=torch.float32, device=logits.device)
+        lse = torch.empty(ids.shape, dtype=torch.float32, device=logits.device)
+        picked = flat.gather(-1, ids[:, None]).squeeze(-1).float()
+        buffer = torch.empty(min(chunk, ids.numel()), flat.shape[1], dtype=torch.float32, device=logits.device)
         for s in range(0, ids.numel(), chunk):
-            rows = flat[s:s + chunk].float()
-            out[s:s + chunk] = rows.gather(-1, ids[s:s + chunk, None]).squeeze(-1) - rows.logsumexp(-1)
-        ctx.save_for_backward(logits, index)
+            rows = buffer[: min(chunk, ids.numel() - s)]
+            rows.copy_(flat[s:s + chunk])
+            top = rows.amax(-1, keepdim=True)
+            lse[s:s + chunk] = rows.sub_(top).exp_().sum(-1).log_().add_(top.squeeze(-1))
+        ctx.save_for_backward(logits, index, lse)
         ctx.chunk = chunk
-        return out.view(index.shape)
+        return (picked - lse).view(index.shape)
 
     @staticmethod
     def backward(ctx, grad_out):
-        logits, index = ctx.saved_tensors
+        logits, index, lse = ctx.saved_tensors
         flat, ids, g = logits.reshape(-1, logits.shape[-1]), index.reshape(-1), grad_out.reshape(-1)
         grad = torch.empty_like(flat)
+        buffer = torch.empty(min(ctx.chunk, ids.numel()), flat.shape[1], dtype=torch.float32,
+                             device=logits.device)
         for s in range(0, ids.numel(), ctx.chunk):
+            rows, e = buffer[: min(ctx.chunk, ids.numel() - s)], s + ctx.chunk
             # d/dz [z_i − logsumexp(z)] = onehot_i − softmax(z)
-            part = torch.softmax(flat[s:s + ctx.chunk].float(), -1).mul_(-g[s:s + ctx.chunk, None])
-            part.scatter_add_(-1, ids[s:s + ctx.chunk, None], g[s:s + ctx.chunk, None])
-            grad[s:s + ctx.chunk] = part
+            rows.copy_(flat[s:e]).sub_(lse[s:e, None]).exp_().mul_(-g[s:e, None])
+            rows.scatter_add_(-1, ids[s:e, None], g[s:e, None])
+            grad[s:e] = rows
         return grad.view(logits.shape), None, None
 
 
@@ -294,33 +305,26 @@ def shared_prompt_token_logps(model: PreTrainedModel, prompt_ids: torch.Tensor,
                               completion_mask_: torch.Tensor, return_hidden: bool = False):
     """``token_logps`` for M completions per prompt with each prompt run once.
 
-    ``prompt_*``: [B, P]; ``completion_*``: [B·M, C], prompt-major. The B prompts'
-    forward fills a KV cache, which is repeated M times and extended by the completions'
-    forward: causal attention makes that the same computation as B·M prompt +
-    completion rows, with B·(P + M·C) token positions instead of B·M·(P + C) (the
-    benchmark's GRPO update: 458 instead of 680). Gradients reach the prompt positions
-    through the cache. Returns [B·M, C] (and hidden states [B·M, C, H])."""
+    ``prompt_*``: [B, P]; ``completion_*``: [B·M, C], prompt-major. Every prompt token
+    but the last runs once per prompt (``prompt_cache``, as for generation); each
+    member then runs its prompt's last token and its completion but the last token on
+    the repeated cache: C positions whose logits predict exactly the C completion
+    tokens. Causal attention makes that the same computation as B·M prompt + completion
+    rows, with B·(P − 1) + B·M·C token positions instead of B·M·(P + C) (the
+    benchmark's GRPO update: 456 instead of 680), and the LM head runs once, on B·M·C
+    positions. Gradients reach the prompt positions through the cache. Returns
+    [B·M, C] (and hidden states [B·M, C, H])."""
     n, c = completion_ids.shape
     m = n // prompt_ids.shape[0]
-    head = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask),
-                 use_cache=True, logits_to_keep=1, output_hidden_states=return_hidden)
-    cache = head.past_key_values
-    cache.batch_repeat_interleave(m)
-    attention_mask = torch.cat([prompt_mask.repeat_interleave(m, 0), completion_mask_], dim=1)
-    tail = model(input_ids=completion_ids, attention_mask=attention_mask,
-                 position_ids=position_ids(attention_mask)[:, -c:],
-                 past_key_values=cache, use_cache=True, logits_to_keep=c,
-                 output_hidden_states=return_hidden)
-    # The last prompt position predicts every member's first token: its logits are
-    # shared, so score them as [B, M] against a broadcast view, not M copies.
-    first_logps = selective_log_softmax(head.logits.expand(-1, m, -1),
-                                        completion_ids[:, 0].view(-1, m)).reshape(n, 1)
-    # As in token_logps: the last position is scored against a dummy id and dropped.
-    rest_logps = selective_log_softmax(tail.logits, F.pad(completion_ids[:, 1:], (0, 1)))[:, :-1]
-    logps = torch.cat([first_logps, rest_logps], dim=1)
+    cache = prompt_cache(model, prompt_ids, prompt_mask, m)
+    member_ids = torch.cat([prompt_ids[:, -1:].repeat_interleave(m, 0), completion_ids[:, :-1]], dim=1)
+    attention_mask = torch.cat([prompt_mask.repeat_interleave(m, 0), completion_mask_[:, :-1]], dim=1)
+    out = model(input_ids=member_ids, attention_mask=attention_mask,
+                position_ids=position_ids(attention_mask)[:, -c:], past_key_values=cache,
+                use_cache=cache is not None, logits_to_keep=c, output_hidden_states=return_hidden)
+    logps = selective_log_softmax(out.logits, completion_ids)
     if return_hidden:
-        first_hidden = head.hidden_states[-1][:, -1:].repeat_interleave(m, 0)
-        return logps, torch.cat([first_hidden, tail.hidden_states[-1][:, :-1]], dim=1)
+        return logps, out.hidden_states[-1]
     return logps
 
 
