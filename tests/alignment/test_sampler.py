@@ -1,5 +1,6 @@
-"""The sampling copy: packed bf16 linears give the plain bf16 copy's logits bit for bit,
-before and after a re-sync, for dense (tied embedding), biased and MoE models."""
+"""The sampling copy: packed bf16 linears (q/k/v and gate/up as one GEMM each) give the
+plain bf16 copy's logits bit for bit, before and after a re-sync, for dense (tied
+embedding), biased and MoE models."""
 
 import copy
 
@@ -9,6 +10,7 @@ import torch
 from grao_pipeline.alignment.models import tiny_model, tiny_moe_model
 from grao_pipeline.alignment.sampler import (
     PackedLinear,
+    SharedInputSlice,
     packing_available,
     sampling_copy,
     sync_sampler,
@@ -116,3 +118,34 @@ def test_released_weights_refuse_to_sample_until_the_next_sync(tokenizer):
         logits(sampler, ids)
     sync_sampler(sampler, policy)
     assert torch.equal(logits(sampler, ids), before)
+
+
+def test_grouped_linears_serve_their_columns_and_recompute_for_another_input(tokenizer):
+    """q/k/v (and gate/up) run as one packed GEMM, computed once per input tensor; a new
+    tensor, the same tensor modified in place, or an inference tensor is computed
+    afresh, so a model that feeds the members different inputs stays exact."""
+    policy = tiny_model(tokenizer).model
+    sampler = sampling_copy(policy, "bfloat16", rows=8)
+    layers = policy.config.num_hidden_layers
+    assert len([m for m in sampler.modules() if isinstance(m, PackedLinear)]) == 4 * layers + 1
+    attn, plain = sampler.model.layers[0].self_attn, policy.model.layers[0].self_attn
+    assert all(isinstance(getattr(attn, n), SharedInputSlice) for n in ("q_proj", "k_proj", "v_proj"))
+
+    def expected(name, x):
+        return torch.nn.functional.linear(x, getattr(plain, name).weight.to(torch.bfloat16))
+
+    calls, group = [], attn.packed_q_proj_k_proj_v_proj
+    group.forward = lambda x, compute=group.forward: calls.append(1) or compute(x)
+    x = torch.randn(3, 5, policy.config.hidden_size).to(torch.bfloat16)
+    for name in ("q_proj", "k_proj", "v_proj"):
+        assert torch.equal(getattr(attn, name)(x), expected(name, x)), name
+    assert len(calls) == 1
+    x.mul_(2)
+    assert torch.equal(attn.k_proj(x), expected("k_proj", x))
+    other = torch.randn_like(x)
+    assert torch.equal(attn.v_proj(other), expected("v_proj", other))
+    with torch.inference_mode():
+        frozen = torch.randn_like(x)
+        assert torch.equal(attn.q_proj(frozen), expected("q_proj", frozen))
+        assert torch.equal(attn.k_proj(frozen), expected("k_proj", frozen))
+    assert len(calls) == 5

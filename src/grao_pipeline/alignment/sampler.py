@@ -5,7 +5,8 @@ than fp32: decoding streams the weights once per token). On a CPU, that copy's l
 layers hold their weights pre-packed in oneDNN's blocked layout (``PackedLinear``): a
 decode step is ~210 small GEMMs with 8 rows, and the packed kernels stream the weights
 at ~13 GB/s where ``aten::mm`` on the plain layout manages ~8 GB/s
-(benchmarks/NOTES.md). Outputs are bit-identical to ``F.linear`` (tested).
+(benchmarks/NOTES.md). Linears that read one input (q/k/v, gate/up) run as one wider
+packed GEMM. Outputs are bit-identical to ``F.linear`` (tested).
 
 On a CPU its attention is ``attention.cpu_attention``: SDPA with the one-token query
 packed per key/value head, ~5× faster than the grouped-query kernel transformers asks
@@ -38,28 +39,41 @@ def packing_available() -> bool:
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+# Sibling linears that transformers' decoder layers call on one input tensor: q/k/v on
+# the attention's input, gate/up on the MLP's. Each group runs as one packed GEMM.
+SHARED_INPUT_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
 class PackedLinear(torch.nn.Module):
     """A bf16 linear layer for inference whose weight lives in oneDNN's packed layout,
     packed for ``rows`` input rows (the decode batch; any row count gives the same
-    result, only the kernel choice is tuned for it). ``pack`` fills it."""
+    result, only the kernel choice is tuned for it). ``members``: the names, under the
+    same parent, of the policy's linears whose weights it stacks (one, or a group of
+    ``SHARED_INPUT_GROUPS``). ``pack`` fills it."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, rows: int):
+    def __init__(self, in_features: int, out_features: int, bias: bool, rows: int,
+                 members: tuple[str, ...]):
         super().__init__()
         self.in_features, self.out_features, self.rows = in_features, out_features, rows
-        self.bias = torch.nn.Parameter(torch.empty(out_features, dtype=torch.bfloat16),
-                                       requires_grad=False) if bias else None
+        self.has_bias, self.members = bias, members
+        self.bias: torch.Tensor | None = None
         self.packed: torch.Tensor | None = None
+        self._last: tuple | None = None
 
     @torch.no_grad()
-    def pack(self, weight: torch.Tensor, scratch: torch.Tensor) -> None:
-        """Pack ``weight`` [out, in] (any dtype) through ``scratch``, a flat bf16
-        buffer at least as large."""
-        plain = scratch[: weight.numel()].view(weight.shape)
-        plain.copy_(weight)
+    def pack(self, weights: list[torch.Tensor], biases: list[torch.Tensor], scratch: torch.Tensor) -> None:
+        """Pack the members' ``weights`` [out_i, in] (any dtype), stacked by rows, through
+        ``scratch``, a flat bf16 buffer at least as large; ``biases`` likewise (or [])."""
+        plain = scratch[: self.out_features * self.in_features].view(self.out_features, self.in_features)
+        row = 0
+        for weight in weights:
+            plain[row:row + weight.shape[0]].copy_(weight)
+            row += weight.shape[0]
         self.packed = torch.ops.mkldnn._reorder_linear_weight(plain, self.rows)
+        self.bias = torch.cat(biases).to(torch.bfloat16) if self.has_bias else None
 
     def release(self) -> None:
-        self.packed = None
+        self.packed, self._last = None, None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is None:
@@ -67,17 +81,62 @@ class PackedLinear(torch.nn.Module):
                                "sync_sampler(sampler, policy) re-packs them")
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
+    def shared_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward(x)``, computed once for consecutive calls on the same, unmodified
+        tensor (identity and version counter); inference tensors, which keep no version
+        counter, are computed every call."""
+        if x.is_inference():
+            return self.forward(x)
+        if self._last is None or self._last[0] is not x or self._last[1] != x._version:
+            self._last = (x, x._version, self.forward(x))
+        return self._last[2]
+
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, packed for {self.rows} rows"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"members={'+'.join(self.members)}, packed for {self.rows} rows")
+
+
+class SharedInputSlice(torch.nn.Module):
+    """One linear of a ``SHARED_INPUT_GROUPS`` group: columns [start, stop) of the group's
+    packed GEMM, which the group's first call on an input computes for all of them."""
+
+    def __init__(self, group: PackedLinear, start: int, stop: int):
+        super().__init__()
+        self._group = (group,)  # a tuple, so the group is not registered under every member
+        self.start, self.stop = start, stop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._group[0].shared_forward(x)[..., self.start:self.stop]
+
+    def extra_repr(self) -> str:
+        return f"columns {self.start}:{self.stop} of {'+'.join(self._group[0].members)}"
 
 
 def pack_linears(model: torch.nn.Module, rows: int) -> torch.nn.Module:
-    """Swap every plain ``nn.Linear`` for an empty ``PackedLinear``, in place."""
+    """Swap every plain ``nn.Linear`` for an empty ``PackedLinear``, in place; a
+    ``SHARED_INPUT_GROUPS`` group of siblings with one input width and bias setting
+    becomes one ``PackedLinear`` (registered on the parent as ``packed_<names>``) served
+    through ``SharedInputSlice``s. Fewer, wider GEMMs per decode step (4 instead of 7 per
+    layer; benchmarks/NOTES.md). A model that calls a group's members on different
+    inputs stays correct and computes the whole group for each call."""
     for parent in list(model.modules()):
+        children = dict(parent.named_children())
+        for group in SHARED_INPUT_GROUPS:
+            linears = [children.get(name) for name in group]
+            if not all(type(linear) is torch.nn.Linear for linear in linears) or \
+                    len({(linear.in_features, linear.bias is None) for linear in linears}) != 1:
+                continue
+            packed = PackedLinear(linears[0].in_features, sum(linear.out_features for linear in linears),
+                                  linears[0].bias is not None, rows, group)
+            parent.add_module(f"packed_{'_'.join(group)}", packed)
+            start = 0
+            for name, linear in zip(group, linears, strict=True):
+                setattr(parent, name, SharedInputSlice(packed, start, start + linear.out_features))
+                start += linear.out_features
         for child_name, child in list(parent.named_children()):
             if type(child) is torch.nn.Linear:
                 setattr(parent, child_name, PackedLinear(
-                    child.in_features, child.out_features, child.bias is not None, rows))
+                    child.in_features, child.out_features, child.bias is not None, rows, (child_name,)))
     return model
 
 
@@ -151,6 +210,9 @@ def sync_sampler(sampler, model) -> None:
         scratch = torch.empty(max(m.in_features * m.out_features for m in packed.values()),
                               dtype=torch.bfloat16)
         for name, layer in packed.items():
-            layer.pack(source(f"{name}.weight"), scratch)
+            parent = name.rpartition(".")[0]
+            members = [f"{parent}.{member}" if parent else member for member in layer.members]
+            layer.pack([source(f"{m}.weight") for m in members],
+                       [source(f"{m}.bias") for m in members] if layer.has_bias else [], scratch)
     for name, tensor in [*sampler.named_parameters(), *sampler.named_buffers()]:
         tensor.copy_(source(name))
