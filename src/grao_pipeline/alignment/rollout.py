@@ -228,27 +228,33 @@ def completion_logits(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_m
     return _forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask_, False).logits[:, :-1]
 
 
+def _float_chunks(flat: torch.Tensor, chunk: int):
+    """(start, stop, rows) for each ``chunk`` rows of ``flat`` [N, V], ``rows`` being
+    their float32 copy in one [chunk, V] buffer that every chunk reuses."""
+    buffer = torch.empty(min(chunk, flat.shape[0]), flat.shape[1], dtype=torch.float32, device=flat.device)
+    for start in range(0, flat.shape[0], chunk):
+        stop = min(start + chunk, flat.shape[0])
+        yield start, stop, buffer[: stop - start].copy_(flat[start:stop])
+
+
 class _SelectiveLogSoftmax(torch.autograd.Function):
     """log_softmax(logits)[index] forward and backward, ``chunk`` positions at a time,
-    through one float32 [chunk, V] buffer reused by every chunk and both passes. Saves
-    the logits and the [N·C] log-sum-exps, so backward's softmax is exp(z − lse) in
-    place. A fresh vocabulary-wide temporary per chunk (the float copy, then the
-    log-sum-exp's and softmax's own) was mostly page faults in a training step
-    (benchmarks/NOTES.md); the peak is the logits, their gradient and one buffer."""
+    through one float32 [chunk, V] buffer per pass (``_float_chunks``). Saves the logits
+    and the [N·C] log-sum-exps, so backward's softmax is exp(z − lse) in place. A fresh
+    vocabulary-wide temporary per chunk (the float copy, then the log-sum-exp's and
+    softmax's own) was mostly page faults in a training step (benchmarks/NOTES.md); the
+    peak is the logits, their gradient and one buffer."""
 
     @staticmethod
     def forward(ctx, logits, index, chunk):
         flat, ids = logits.reshape(-1, logits.shape[-1]), index.reshape(-1)
         lse = torch.empty(ids.shape, dtype=torch.float32, device=logits.device)
-        picked = flat.gather(-1, ids[:, None]).squeeze(-1).float()
-        buffer = torch.empty(min(chunk, ids.numel()), flat.shape[1], dtype=torch.float32, device=logits.device)
-        for s in range(0, ids.numel(), chunk):
-            rows = buffer[: min(chunk, ids.numel() - s)]
-            rows.copy_(flat[s:s + chunk])
+        for s, e, rows in _float_chunks(flat, chunk):
             top = rows.amax(-1, keepdim=True)
-            lse[s:s + chunk] = rows.sub_(top).exp_().sum(-1).log_().add_(top.squeeze(-1))
+            lse[s:e] = rows.sub_(top).exp_().sum(-1).log_().add_(top.squeeze(-1))
         ctx.save_for_backward(logits, index, lse)
         ctx.chunk = chunk
+        picked = flat.gather(-1, ids[:, None]).squeeze(-1).float()
         return (picked - lse).view(index.shape)
 
     @staticmethod
@@ -256,12 +262,9 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
         logits, index, lse = ctx.saved_tensors
         flat, ids, g = logits.reshape(-1, logits.shape[-1]), index.reshape(-1), grad_out.reshape(-1)
         grad = torch.empty_like(flat)
-        buffer = torch.empty(min(ctx.chunk, ids.numel()), flat.shape[1], dtype=torch.float32,
-                             device=logits.device)
-        for s in range(0, ids.numel(), ctx.chunk):
-            rows, e = buffer[: min(ctx.chunk, ids.numel() - s)], s + ctx.chunk
+        for s, e, rows in _float_chunks(flat, ctx.chunk):
             # d/dz [z_i − logsumexp(z)] = onehot_i − softmax(z)
-            rows.copy_(flat[s:e]).sub_(lse[s:e, None]).exp_().mul_(-g[s:e, None])
+            rows.sub_(lse[s:e, None]).exp_().mul_(-g[s:e, None])
             rows.scatter_add_(-1, ids[s:e, None], g[s:e, None])
             grad[s:e] = rows
         return grad.view(logits.shape), None, None
