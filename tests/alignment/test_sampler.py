@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from grao_pipeline.alignment.attention import CPU_ATTENTION
 from grao_pipeline.alignment.models import tiny_model, tiny_moe_model
 from grao_pipeline.alignment.sampler import (
     PackedLinear,
@@ -20,7 +21,10 @@ pytestmark = pytest.mark.skipif(not packing_available(), reason="oneDNN bf16 not
 
 
 def plain_bf16(model):
-    return copy.deepcopy(model).to(torch.bfloat16).eval()
+    """A bf16 copy with plain linears, attending as the sampling copy does."""
+    plain = copy.deepcopy(model).to(torch.bfloat16).eval()
+    plain.config._attn_implementation = CPU_ATTENTION
+    return plain
 
 
 def logits(model, ids):
