@@ -63,3 +63,11 @@ class AdaptersDisabled(torch.nn.Module):
     def forward(self, *args, **kwargs):
         with self.model.disable_adapter():
             return self.model(*args, **kwargs)
+
+    def get_input_embeddings(self):
+        """The input embedding lookup, with the adapters off too (LoRA may target the
+        embedding)."""
+        def embed(ids: torch.Tensor) -> torch.Tensor:
+            with self.model.disable_adapter():
+                return self.model.get_input_embeddings()(ids)
+        return embed

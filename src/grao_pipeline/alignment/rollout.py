@@ -123,17 +123,24 @@ class InverseCDFSampling(LogitsProcessor):
     greedy mode and its argmax takes the draw. A zero-probability token (logit -inf)
     spans an empty CDF interval and is never drawn. On CPU at batch 8 over a 49k
     vocabulary this is ~0.6 ms per decode step, against ~3.5 ms for Gumbel-max (one
-    uniform and two logs per vocabulary entry) and ~9 ms for ``torch.multinomial``."""
+    uniform and two logs per vocabulary entry) and ~9 ms for ``torch.multinomial``.
+
+    Works in place on float32 scores (``generate`` hands each step a fresh float32 copy
+    of the logits): the CDF is left unnormalised and the uniform scaled by its total
+    instead, so no vocabulary-sized tensor is allocated per step."""
 
     def __init__(self, temperature: float):
         self.temperature = temperature
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        cdf = torch.softmax(scores.float() / self.temperature, dim=-1).cumsum_(dim=-1)
-        # Scaled by the last entry, so the CDF's rounding cannot leave u past its end.
+        cdf = scores if scores.dtype == torch.float32 else scores.float()
+        if self.temperature != 1.0:
+            cdf.div_(self.temperature)
+        cdf.sub_(cdf.amax(dim=-1, keepdim=True)).exp_().cumsum_(dim=-1)
+        # Scaled by the last entry (the total), so rounding cannot leave u past the end.
         u = torch.rand(cdf.shape[0], 1, device=cdf.device) * cdf[:, -1:]
         drawn = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1)
-        return torch.full_like(scores, float("-inf")).scatter_(1, drawn, 0.0)
+        return cdf.fill_(float("-inf")).scatter_(1, drawn, 0.0)
 
 
 class SuppressEOS(LogitsProcessor):
@@ -157,16 +164,19 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
 
 
-def prompt_cache(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, repeats: int):
+def prompt_cache(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, repeats: int,
+                 embeds: torch.Tensor | None = None):
     """The KV cache of every prompt token but the last, computed once per prompt and
     repeated for its G samples (or M scored members): ``generate`` then runs only the
     last prompt token (it needs one uncached token to predict from) instead of G·P
     prefill positions, and ``shared_prompt_token_logps`` runs it with each member. None
-    for one-token prompts."""
+    for one-token prompts. ``embeds``: those tokens' input embeddings [B, P − 1, H],
+    where the caller looked them up."""
     if ids.shape[1] < 2:
         return None
-    cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
-                  position_ids=position_ids(mask[:, :-1]), use_cache=True, logits_to_keep=1).past_key_values
+    tokens = {"input_ids": ids[:, :-1]} if embeds is None else {"inputs_embeds": embeds}
+    cache = model(**tokens, attention_mask=mask[:, :-1], position_ids=position_ids(mask[:, :-1]),
+                  use_cache=True, logits_to_keep=1).past_key_values
     cache.batch_repeat_interleave(repeats)
     return cache
 
@@ -315,14 +325,19 @@ def shared_prompt_token_logps(model: PreTrainedModel, prompt_ids: torch.Tensor,
     tokens. Causal attention makes that the same computation as B·M prompt + completion
     rows, with B·(P − 1) + B·M·C token positions instead of B·M·(P + C) (the
     benchmark's GRPO update: 456 instead of 680), and the LM head runs once, on B·M·C
-    positions. Gradients reach the prompt positions through the cache. Returns
-    [B·M, C] (and hidden states [B·M, C, H])."""
+    positions. Gradients reach the prompt positions through the cache. Both forwards'
+    tokens are embedded in one lookup, so the embedding's backward builds one
+    vocabulary-sized gradient, not two. Returns [B·M, C] (and hidden states [B·M, C, H])."""
     n, c = completion_ids.shape
-    m = n // prompt_ids.shape[0]
-    cache = prompt_cache(model, prompt_ids, prompt_mask, m)
+    b, p = prompt_ids.shape
+    m = n // b
     member_ids = torch.cat([prompt_ids[:, -1:].repeat_interleave(m, 0), completion_ids[:, :-1]], dim=1)
+    embedding = getattr(model, "module", model).get_input_embeddings()  # under DDP too
+    embeds = embedding(torch.cat([prompt_ids[:, :-1].reshape(-1), member_ids.reshape(-1)]))
+    prefix_embeds, member_embeds = embeds.split([b * (p - 1), n * c])
+    cache = prompt_cache(model, prompt_ids, prompt_mask, m, prefix_embeds.view(b, p - 1, embeds.shape[-1]))
     attention_mask = torch.cat([prompt_mask.repeat_interleave(m, 0), completion_mask_[:, :-1]], dim=1)
-    out = model(input_ids=member_ids, attention_mask=attention_mask,
+    out = model(inputs_embeds=member_embeds.view(n, c, embeds.shape[-1]), attention_mask=attention_mask,
                 position_ids=position_ids(attention_mask)[:, -c:], past_key_values=cache,
                 use_cache=cache is not None, logits_to_keep=c, output_hidden_states=return_hidden)
     logps = selective_log_softmax(out.logits, completion_ids)
