@@ -214,8 +214,10 @@ def test_member_logps_shares_the_prompt_only_where_it_is_exact(tiny):
     model, tok = tiny
     enc, ids, mask = _member_batch(tok)
     batch_sizes = []
-    hook = model.model.register_forward_hook(
-        lambda mod, args, kwargs, out: batch_sizes.append(kwargs["input_ids"].shape), with_kwargs=True)
+    hook = model.model.register_forward_hook(  # token positions, embedded by the caller or not
+        lambda mod, args, kwargs, out: batch_sizes.append(
+            (kwargs["input_ids"] if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]).shape[:2]),
+        with_kwargs=True)
     shared = member_logps(model, enc.ids, enc.mask, ids.view(2, 3, -1), mask.view(2, 3, -1))
     c = ids.shape[1]
     assert [tuple(s) for s in batch_sizes] == [(2, enc.ids.shape[1] - 1), (6, c)]
