@@ -2,11 +2,13 @@
 a SIGKILLed worker whose trial is failed and retried, and two worker processes sharing
 one study on a journal file and on a real PostgreSQL server."""
 
+import contextlib
 import os
 import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -21,6 +23,8 @@ import yaml
 from kedro.framework.session import KedroSession
 from optuna.trial import TrialState
 
+from grao_pipeline.alignment import tuning
+from grao_pipeline.alignment.config import StudyConfig
 from grao_pipeline.alignment.tuning import pruning_callback
 
 from .conftest import TINY_RUN, kedro_run
@@ -96,6 +100,50 @@ def test_the_pruner_prunes_a_trial_that_reports_a_bad_value():
     assert study.trials[1].intermediate_values == {1: -5.0}
 
 
+@pytest.mark.parametrize("race_error", [
+    sqlalchemy.exc.OperationalError("CREATE TABLE studies", {}, Exception("table studies already exists")),
+    sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {},
+                                  Exception("UNIQUE constraint failed: alembic_version.version_num")),
+])
+def test_a_worker_that_loses_the_schema_race_connects_once_the_winner_is_done(
+        tmp_path, monkeypatch, race_error):
+    real_storage, calls = tuning.RDBStorage, []
+
+    def losing_once(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 1:
+            raise race_error
+        return real_storage(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "RDBStorage", losing_once)
+    monkeypatch.setattr(tuning.time, "sleep", lambda seconds: None)
+    storage = tuning.make_storage(StudyConfig(storage=f"sqlite:///{tmp_path}/optuna.db"))
+    assert len(calls) == 2 and optuna.create_study(storage=storage).trials == []
+
+
+def test_any_other_storage_error_is_raised_at_once(tmp_path, monkeypatch):
+    calls = []
+
+    def locked(*args, **kwargs):
+        calls.append(args[0])
+        raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(tuning, "RDBStorage", locked)
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="database is locked"):
+        tuning.make_storage(StudyConfig(storage=f"sqlite:///{tmp_path}/optuna.db"))
+    assert len(calls) == 1
+
+
+def running_trials(db: Path) -> list[int]:
+    """Read-only SQL: an Optuna storage opened here would race the worker to create the
+    schema (CI once saw the worker lose that race and exit)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            return [n for (n,) in con.execute("SELECT number FROM trials WHERE state = 'RUNNING'")]
+    except sqlite3.OperationalError:  # no database, no table or a write in progress: not yet
+        return []
+
+
 @pytest.mark.slow
 def test_a_killed_worker_trial_is_failed_and_retried(project):
     kedro_run(project, ["data_processing", "sft"])
@@ -103,20 +151,16 @@ def test_a_killed_worker_trial_is_failed_and_retried(project):
     storage = f"sqlite:///{project}/data/09_tuning/optuna.db"
     first = worker(project)
     deadline = time.time() + 300
-    while True:  # wait for a trial to be running, then kill its worker
-        assert first.poll() is None and time.time() < deadline
-        try:
-            running = optuna.load_study(study_name="grao-beta-lambda", storage=storage).get_trials(
-                states=(TrialState.RUNNING,))
-        except (KeyError, sqlalchemy.exc.OperationalError):  # not created yet
-            running = []
-        if running:
-            break
+    while not (running := running_trials(project / "data/09_tuning/optuna.db")):
+        if first.poll() is not None:
+            pytest.fail(f"the worker exited ({first.returncode}) before a trial ran:\n"
+                        f"{first.communicate()[0][-4000:]}")
+        assert time.time() < deadline
         time.sleep(0.2)
     time.sleep(1.5)  # one heartbeat recorded: a trial without any is never judged stale
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
-    killed = running[0].number
+    killed = running[0]
     time.sleep(3)  # past the grace period: the heartbeat is stale
     finish(worker(project))
     trials = optuna.load_study(study_name="grao-beta-lambda", storage=storage).trials

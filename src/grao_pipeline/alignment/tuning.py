@@ -76,8 +76,9 @@ def make_storage(cfg: StudyConfig) -> optuna.storages.BaseStorage:
         return JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    # Workers started together on a new PostgreSQL database race to create Optuna's
-    # schema; the loser gets "already exists" and, once the winner is done, can connect.
+    # Processes opening a new database together race to create Optuna's schema: the loser
+    # gets "already exists" (a table) or a unique-key violation (alembic's revision stamp)
+    # and, once the winner is done, can connect.
     for attempt in range(5):
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5, and documented
@@ -87,7 +88,8 @@ def make_storage(cfg: StudyConfig) -> optuna.storages.BaseStorage:
                                   heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                                       cfg.max_retry))
         except sqlalchemy.exc.DBAPIError as err:
-            if "already exists" not in str(err) or attempt == 4:
+            lost_race = isinstance(err, sqlalchemy.exc.IntegrityError) or "already exists" in str(err)
+            if not lost_race or attempt == 4:
                 raise
             log.info("another worker is creating the Optuna schema in %s; retrying", cfg.storage)
             time.sleep(0.5 * (attempt + 1))
