@@ -83,12 +83,12 @@ class PackedLinear(torch.nn.Module):
 
     def shared_forward(self, x: torch.Tensor) -> torch.Tensor:
         """``forward(x)``, computed once for consecutive calls on the same, unmodified
-        tensor (identity and version counter); inference tensors, which keep no version
-        counter, are computed every call."""
-        if x.is_inference():
-            return self.forward(x)
-        if self._last is None or self._last[0] is not x or self._last[1] != x._version:
-            self._last = (x, x._version, self.forward(x))
+        tensor (identity and version counter). Inference tensors (generation runs in
+        inference mode) keep no version counter and are matched by identity alone:
+        transformers' layers never modify the input between the group's calls."""
+        version = None if x.is_inference() else x._version
+        if self._last is None or self._last[0] is not x or self._last[1] != version:
+            self._last = (x, version, self.forward(x))
         return self._last[2]
 
     def extra_repr(self) -> str:
