@@ -148,10 +148,11 @@ def running_trials(db: Path) -> list[int]:
 def test_a_killed_worker_trial_is_failed_and_retried(project):
     kedro_run(project, ["data_processing", "sft"])
     local_params(project, {"pruner": "none", "steps": 6, "heartbeat_interval": 1, "grace_period": 2})
-    storage = f"sqlite:///{project}/data/09_tuning/optuna.db"
+    db = project / "data/09_tuning/optuna.db"
+    storage = f"sqlite:///{db}"
     first = worker(project)
     deadline = time.time() + 300
-    while not (running := running_trials(project / "data/09_tuning/optuna.db")):
+    while not (running := running_trials(db)):
         if first.poll() is not None:
             pytest.fail(f"the worker exited ({first.returncode}) before a trial ran:\n"
                         f"{first.communicate()[0][-4000:]}")

@@ -206,7 +206,7 @@ def sample_completions(model: PreTrainedModel, tokenizer, prompts: EncodedPrompt
     # Greedy mode returns one sequence per input row: repeat each prompt G times, as
     # num_return_sequences would (prompt-major order).
     # Inference mode, not only no_grad: no version counters or autograd checks on the
-    # ~1,400 ops of each decode step (-0.1 s per rollout, benchmarks/NOTES.md).
+    # ~5,800 dispatcher calls of each decode step (-0.1 s per rollout, benchmarks/NOTES.md).
     with torch.inference_mode():
         out = model.generate(input_ids=prompt_ids.repeat_interleave(num_generations, 0),
                              attention_mask=prompt_mask.repeat_interleave(num_generations, 0),
