@@ -14,7 +14,11 @@ only one trainer computes at any moment. Precision: bf16 where the CPU has nativ
 
 Floors: generation = decode steps x weight bytes / measured memory bandwidth (each
 decode step streams the weights once); update = 6 x parameters x tokens / measured
-matmul peak (forward + backward). Writes benchmarks/results.json.
+matmul peak (forward + backward). Beside the floors, a kernel reference: the GEMMs of
+the same decode steps alone, on the sampling copy's packed bf16 weights (the fastest
+small-row kernel torch has on a CPU), so each run shows how much of generation's
+distance to its floor is the kernel's and how much the other ops'. Writes
+benchmarks/results.json.
 """
 
 from __future__ import annotations
@@ -277,6 +281,31 @@ def floors(result: dict, machine: dict, cfg: dict, precision: str, prompt_tokens
             "grao_update_s": 6 * n * (update_tokens + 2 * (prompt_tokens + cfg["tokens"])) / peak}
 
 
+def decode_gemms_s(model, rows: int, steps: int) -> float | None:
+    """Seconds for the GEMMs of ``steps`` decode steps of ``rows`` rows alone: every
+    packed linear of the sampling copy in turn, on fixed inputs, best of 3. Each
+    weight is read from memory once a step, as in generation (the weights are far
+    larger than any cache). None where the copy has no packed linears (no native bf16)."""
+    import torch
+
+    from grao_pipeline.alignment.sampler import PackedLinear, sampling_copy
+
+    sampler = sampling_copy(model, "auto", rows)
+    gemms = [m for m in sampler.modules() if isinstance(m, PackedLinear)]
+    if not gemms:
+        return None
+    inputs = {m.in_features: torch.randn(rows, m.in_features, dtype=torch.bfloat16) for m in gemms}
+
+    def decode_steps():
+        for _ in range(steps):
+            for gemm in gemms:
+                gemm(inputs[gemm.in_features])
+
+    with torch.inference_mode():
+        decode_steps()
+        return min(_timed(decode_steps) for _ in range(3))
+
+
 def scaling(cfg: dict, steps: int) -> list[dict]:
     """s/step and peak RSS of ours (GRPO) and TRL for G in {4, 8, 16} x completion
     lengths {48, 128}, one warm-up step each."""
@@ -337,12 +366,18 @@ def main() -> None:
 
     from grao_pipeline.alignment.rollout import prompt_token_lengths
 
-    tokenizer = load_policy().tokenizer
-    prompt_tokens = prompt_token_lengths(tokenizer, result["questions"])[0]
+    policy = load_policy()
+    prompt_tokens = prompt_token_lengths(policy.tokenizer, result["questions"])[0]
     floor = floors(result, machine, cfg, precision, prompt_tokens)
+    floor["generation_gemms_s"] = decode_gemms_s(policy.model, 2 * args.G, args.tokens)
+    del policy
     print(f"\nfloors: generation {floor['generation_s']:.2f} s ({args.tokens} decode steps x "
           f"{result['grpo']['n_params'] / 1e6:.0f}M params x {2 if precision == 'bf16' else 4} B / bandwidth), "
           f"update {floor['update_s']:.2f} s (6 N tokens / peak)")
+    if floor["generation_gemms_s"] is not None:
+        print(f"kernel reference: the GEMMs of those decode steps alone (packed bf16, {2 * args.G} rows) "
+              f"take {floor['generation_gemms_s']:.2f} s = "
+              f"{floor['generation_gemms_s'] / floor['generation_s']:.1f}x the generation floor")
     header = f"{'trainer':<22}{'median':>8}{'min':>8}{'max':>8}{'gen':>8}{'score':>8}{'update':>8}{'tok/s':>8}{'gen/floor':>10}{'upd/floor':>10}{'RSS MB':>9}"
     print("\n" + header)
     names = {"trl": "TRL 1.16 GRPOTrainer", "grpo": "ours GRPO", "grao": "ours GRAO"}
@@ -351,12 +386,17 @@ def main() -> None:
         update_floor = floor["grao_update_s"] if kind == "grao" else floor["update_s"]
         r["generation_over_floor"] = r["generation_median"] / floor["generation_s"]
         r["update_over_floor"] = r["update_median"] / update_floor
+        if floor["generation_gemms_s"] is not None:
+            r["generation_over_gemms"] = r["generation_median"] / floor["generation_gemms_s"]
         print(f"{names[kind]:<22}{r['s_per_step_median']:>8.2f}{r['s_per_step_min']:>8.2f}"
               f"{r['s_per_step_max']:>8.2f}{r['generation_median']:>8.2f}{r['scoring_median']:>8.2f}"
               f"{r['update_median']:>8.2f}{r['tokens_per_s']:>8.1f}{r['generation_over_floor']:>10.1f}"
               f"{r['update_over_floor']:>10.1f}{r['peak_rss_mb']:>9.0f}")
     ratio = result["grpo"]["s_per_step_median"] / result["trl"]["s_per_step_median"]
     grao_ratio = result["grao"]["s_per_step_median"] / result["trl"]["s_per_step_median"]
+    if floor["generation_gemms_s"] is not None:
+        print("generation over its GEMMs alone: " + ", ".join(
+            f"{names[k]} {result[k]['generation_over_gemms']:.1f}x" for k in ("trl", "grpo", "grao")))
     print(f"\nours GRPO / TRL = {ratio:.2f}x; ours GRAO / TRL GRPO = {grao_ratio:.2f}x")
     out = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine,
            "precision": precision, "config": {**cfg, "prompts": 2, "prompt_tokens": prompt_tokens,
