@@ -1,12 +1,15 @@
-"""The sampling copy: packed bf16 linears (q/k/v and gate/up as one GEMM each) give the
-plain bf16 copy's logits bit for bit, before and after a re-sync, for dense (tied
-embedding), biased and MoE models."""
+"""The sampling copy: oneDNN-packed bf16 linears (q/k/v and gate/up as one GEMM each) give
+the plain bf16 copy's logits bit for bit, before and after a re-sync, for dense (tied
+embedding), biased and MoE models; linears packed for the fused decode kernel give them
+to float32-accumulation order (tests/alignment/test_kernels.py tests the kernel itself)."""
 
 import copy
 
 import pytest
 import torch
 
+from grao_pipeline.alignment import kernels
+from grao_pipeline.alignment import sampler as sampler_module
 from grao_pipeline.alignment.attention import CPU_ATTENTION
 from grao_pipeline.alignment.models import tiny_model, tiny_moe_model
 from grao_pipeline.alignment.sampler import (
@@ -32,17 +35,33 @@ def logits(model, ids):
         return model(input_ids=ids).logits
 
 
+def same_logits(layout: str, got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Bit for bit for oneDNN's layout; for the fused kernel's, within one bf16 rounding
+    of the logits (its GEMMs accumulate in another order, then round to bf16)."""
+    if layout == "off":
+        return torch.equal(got, want)
+    return torch.allclose(got.float(), want.float(), rtol=2 ** -7, atol=2e-2)
+
+
+LAYOUTS = [pytest.param("off", id="onednn"), pytest.param("fused", id="vnni", marks=pytest.mark.skipif(
+    kernels.unavailable() is not None, reason=f"fused kernel: {kernels.unavailable()}"))]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("build", [
     lambda tok: tiny_model(tok),
     lambda tok: tiny_moe_model(tok, kind="qwen2_moe"),  # q/k/v carry biases
 ], ids=["llama_tied", "qwen2_moe_bias"])
-def test_packed_copy_matches_plain_bf16_before_and_after_sync(tokenizer, build):
+def test_packed_copy_matches_plain_bf16_before_and_after_sync(monkeypatch, tokenizer, build, layout):
     policy = build(tokenizer).model
-    sampler = sampling_copy(policy, "bfloat16", rows=8)
+    if layout == "fused":  # the kernel's layout even for the MoE model, which it cannot decode
+        monkeypatch.setattr(sampler_module, "_layout", lambda sampler, kernel: kernels.VNNI_LAYOUT)
+    sampler = sampling_copy(policy, "bfloat16", rows=8, decode_kernel=layout)
     packed = [m for m in sampler.modules() if isinstance(m, PackedLinear)]
     assert packed and not any(type(m) is torch.nn.Linear for m in sampler.modules())
+    assert {m.layout for m in packed} == {"onednn" if layout == "off" else kernels.VNNI_LAYOUT}
     ids = torch.randint(0, len(tokenizer), (3, 11))
-    assert torch.equal(logits(sampler, ids), logits(plain_bf16(policy), ids))
+    assert same_logits(layout, logits(sampler, ids), logits(plain_bf16(policy), ids))
 
     with torch.no_grad():  # an optimiser step, every tensor including the tied embedding
         for p in policy.parameters():
@@ -51,7 +70,7 @@ def test_packed_copy_matches_plain_bf16_before_and_after_sync(tokenizer, build):
     sync_sampler(sampler, policy)
     fresh = logits(sampler, ids)
     assert not torch.equal(stale, fresh)
-    assert torch.equal(fresh, logits(plain_bf16(policy), ids))
+    assert same_logits(layout, fresh, logits(plain_bf16(policy), ids))
 
 
 def test_fp32_sampling_is_the_policy_itself(tokenizer):
@@ -74,7 +93,7 @@ def test_a_lora_policy_samples_from_its_merged_weights(tokenizer):
     policy = with_adapters(tiny_model(tokenizer).model,
                            LoRAConfig(enabled=True, rank=4, alpha=8,
                                       target_modules=["q_proj", "v_proj", "down_proj"]), 0, "t")
-    sampler = sampling_copy(policy, "bfloat16", rows=8)
+    sampler = sampling_copy(policy, "bfloat16", rows=8, decode_kernel="off")
     assert not any("lora" in name for name, _ in sampler.named_parameters())
     with torch.no_grad():  # training moves the adapters (B starts at 0) and nothing else
         for name, p in policy.named_parameters():
@@ -130,7 +149,7 @@ def test_grouped_linears_serve_their_columns_and_recompute_for_another_input(tok
     feeds the members different inputs stays exact. Inference tensors (generation) are
     matched by identity."""
     policy = tiny_model(tokenizer).model
-    sampler = sampling_copy(policy, "bfloat16", rows=8)
+    sampler = sampling_copy(policy, "bfloat16", rows=8, decode_kernel="off")
     layers = policy.config.num_hidden_layers
     assert len([m for m in sampler.modules() if isinstance(m, PackedLinear)]) == 4 * layers + 1
     attn, plain = sampler.model.layers[0].self_attn, policy.model.layers[0].self_attn

@@ -276,6 +276,12 @@ class RolloutConfig(TrainConfig):
     """dtype of the sampling copy of the policy; ``auto`` = bfloat16 where the hardware
     has native bf16 (about 2x faster generation on AVX512-BF16 CPUs). On CPU the bf16
     copy's linear layers are pre-packed for oneDNN (``alignment/sampler.py``)."""
+    decode_kernel: Literal["auto", "fused", "off"] = "auto"
+    """How the bf16 sampling copy decodes on a CPU: ``fused`` runs each decode step as
+    one call to the fused kernel (``alignment/kernels``; AVX512-BF16 CPUs, Llama models;
+    ~2× faster generation, benchmarks/NOTES.md) and fails where it cannot; ``off``
+    keeps oneDNN-packed linears and the Python decode loop (tokens bit-identical to
+    ``generate``); ``auto`` = ``fused`` where it runs, else ``off``, with the reason logged."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -285,6 +291,8 @@ class RolloutConfig(TrainConfig):
         _require(self.temperature > 0, self, "temperature", "must be > 0 (sampling)")
         _require(self.sampling_dtype in ("auto", "bfloat16", "float32"), self,
                  "sampling_dtype", "must be 'auto', 'bfloat16' or 'float32'")
+        _require(self.decode_kernel in ("auto", "fused", "off"), self,
+                 "decode_kernel", "must be 'auto', 'fused' or 'off'")
         _require(self.prompts_per_step % self.grad_accum_chunks == 0, self,
                  "grad_accum_chunks", "must divide prompts_per_step (groups are never split)")
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessorList
 
+from grao_pipeline.alignment import kernels
 from grao_pipeline.alignment.attention import CPU_ATTENTION
 from grao_pipeline.alignment.lora import has_adapters
 
@@ -55,6 +56,19 @@ def unsupported(model) -> str | None:
     return "; ".join(reasons) or None
 
 
+def fused_unsupported(model) -> str | None:
+    """Why the fused kernel's step cannot run ``model`` (beyond ``unsupported``): its
+    vector loops take head dimensions, hidden and intermediate sizes in multiples of 16."""
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    checks = [(head_dim % 16 == 0, f"head dimension {head_dim} is not a multiple of 16"),
+              (config.hidden_size % 16 == 0 and config.intermediate_size % 16 == 0,
+               f"hidden size {config.hidden_size} or intermediate size {config.intermediate_size} "
+               "is not a multiple of 16")]
+    reasons = [reason for ok, reason in checks if not ok]
+    return "; ".join(reasons) or None
+
+
 def _rms_norm(hidden: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
     """``LlamaRMSNorm``: normalised in float32, cast back, then scaled."""
     x = hidden.float()
@@ -72,17 +86,16 @@ def _joint(parent: torch.nn.Module, names: tuple[str, ...]):
     return lambda x: torch.cat([linear(x) for linear in linears], dim=-1)
 
 
-@torch.inference_mode()
-def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cache,
-           max_new_tokens: int, processors: LogitsProcessorList, eos: list[int],
-           pad_token_id: int) -> torch.Tensor:
-    """The tokens ``generate`` (greedy mode, ``processors``) appends to left-padded
-    ``prompt_ids`` / ``prompt_mask`` [N, P], given ``cache``: the KV cache of every prompt
-    token but the last (``prompt_cache``; None for one-token prompts). A row stops at
-    its first EOS and is padded with ``pad_token_id`` after it; the loop stops when
-    every row has or after ``max_new_tokens``. Returns [N, T], T ≤ ``max_new_tokens``."""
+def fused(model) -> bool:
+    """Whether ``model`` is a sampling copy packed for the fused CPU decode kernel
+    (``sampler.sampling_copy`` packs it so only where ``unsupported`` is None)."""
+    return getattr(model.lm_head, "layout", None) == kernels.VNNI_LAYOUT
+
+
+def _lean_step(model, keys, values, key_mask, sequences):
+    """One decode step in eager PyTorch over the model's modules: the logits [N, V] of
+    the tokens at ``column``, their keys and values written into the cache there."""
     body, config = model.model, model.config
-    n, p = prompt_ids.shape
     layers = [(layer.input_layernorm, _joint(layer.self_attn, ("q_proj", "k_proj", "v_proj")),
                layer.self_attn.o_proj, layer.post_attention_layernorm,
                _joint(layer.mlp, ("gate_proj", "up_proj")), layer.mlp.down_proj)
@@ -90,31 +103,13 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cache,
     attn = body.layers[0].self_attn
     heads, kv_heads, dim = config.num_attention_heads, config.num_key_value_heads, attn.head_dim
     qk_width, inner = (heads + kv_heads) * dim, config.intermediate_size
-    dtype = body.embed_tokens.weight.dtype
-    # Keys and values of every position: the prompt's from its cache, one column per step.
-    keys = torch.empty(len(layers), n, kv_heads, p + max_new_tokens, dim, dtype=dtype,
-                       device=prompt_ids.device)
-    values = torch.empty_like(keys)
-    if cache is not None:
-        for i, layer_cache in enumerate(cache.layers):
-            keys[i, :, :, :p - 1] = layer_cache.keys
-            values[i, :, :, :p - 1] = layer_cache.values
-    # No mask where no row is padded (as transformers passes none then); completion
-    # positions are never masked.
-    padded = not bool(prompt_mask.all())
-    key_mask = torch.cat([prompt_mask.bool(), prompt_mask.new_ones(n, max_new_tokens, dtype=torch.bool)],
-                         dim=1)[:, None, None, :] if padded else None
-    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)[:, -1:]
-    sequences = torch.cat([prompt_ids, prompt_ids.new_full((n, max_new_tokens), pad_token_id)], dim=1)
-    eos_ids = torch.tensor(eos, device=prompt_ids.device)
-    unfinished = torch.ones(n, dtype=torch.bool, device=prompt_ids.device)
-    generated = 0
-    for step in range(max_new_tokens):
-        column = p - 1 + step  # the position of this step's input token
+    n = sequences.shape[0]
+
+    def step(column: int, positions: torch.Tensor) -> torch.Tensor:
         hidden = body.embed_tokens(sequences[:, column:column + 1])  # [N, 1, H]
         cos, sin = body.rotary_emb(hidden, positions)  # [N, 1, D]
         signed_sin = torch.cat([-sin[..., :dim // 2], sin[..., dim // 2:]], dim=-1)
-        mask = None if key_mask is None else key_mask[..., :column + 1]
+        mask = None if key_mask is None else key_mask[:, None, None, :column + 1]
         for i, (input_norm, qkv_proj, o_proj, post_norm, gate_up_proj, down_proj) in enumerate(layers):
             qkv = qkv_proj(_rms_norm(hidden, input_norm))[:, 0]  # [N, (heads + 2·kv_heads)·D]
             qk = qkv[:, :qk_width].view(n, heads + kv_heads, dim)
@@ -129,8 +124,76 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cache,
             hidden = hidden + o_proj(attn_output.reshape(n, 1, heads * dim))
             gate_up = gate_up_proj(_rms_norm(hidden, post_norm))
             hidden = hidden + down_proj(F.silu(gate_up[..., :inner]) * gate_up[..., inner:])
-        logits = model.lm_head(_rms_norm(hidden, body.norm))[:, -1]
-        scores = processors(sequences[:, :column + 1], logits.float())
+        return model.lm_head(_rms_norm(hidden, body.norm))[:, -1].float()
+
+    return step
+
+
+def _fused_step(model, keys, values, key_mask, sequences):
+    """The same step as one call to the fused kernel (``kernels/decode_cpu.cpp``), over
+    the copy's vnni-packed linears; float32 logits [N, V]."""
+    body, config = model.model, model.config
+    attn = body.layers[0].self_attn
+    linears = [linear for layer in body.layers for linear in (
+        layer.self_attn.packed_q_proj_k_proj_v_proj, layer.self_attn.o_proj,
+        layer.mlp.packed_gate_proj_up_proj, layer.mlp.down_proj)] + [model.lm_head]
+    weights = [linear.packed for linear in linears]
+    empty = torch.empty(0)
+    biases = [empty if linear.bias is None else linear.bias for linear in linears]
+    norms = [norm.weight.float() for layer in body.layers
+             for norm in (layer.input_layernorm, layer.post_attention_layernorm)] + [body.norm.weight.float()]
+    eps = body.norm.variance_epsilon
+    mask = empty if key_mask is None else key_mask.contiguous()
+    probe = torch.empty(0, dtype=torch.float32)  # rotary_emb returns cos/sin in its input's dtype
+
+    def step(column: int, positions: torch.Tensor) -> torch.Tensor:
+        embeds = body.embed_tokens(sequences[:, column])  # [N, H]
+        cos, sin = body.rotary_emb(probe, positions)  # float32 [N, 1, D]
+        return torch.ops.grao_cpu.llama_decode_step(
+            embeds, cos[:, 0].contiguous(), sin[:, 0].contiguous(), keys, values, mask, column,
+            weights, biases, norms, config.num_attention_heads, config.num_key_value_heads,
+            config.intermediate_size, config.vocab_size, eps, attn.scaling)
+
+    return step
+
+
+@torch.inference_mode()
+def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cache,
+           max_new_tokens: int, processors: LogitsProcessorList, eos: list[int],
+           pad_token_id: int) -> torch.Tensor:
+    """The tokens ``generate`` (greedy mode, ``processors``) appends to left-padded
+    ``prompt_ids`` / ``prompt_mask`` [N, P], given ``cache``: the KV cache of every prompt
+    token but the last (``prompt_cache``; None for one-token prompts). A row stops at
+    its first EOS and is padded with ``pad_token_id`` after it; the loop stops when
+    every row has or after ``max_new_tokens``. Returns [N, T], T ≤ ``max_new_tokens``.
+    A step runs in eager PyTorch, or as one fused kernel call where ``fused(model)``."""
+    body, config = model.model, model.config
+    n, p = prompt_ids.shape
+    dim = body.layers[0].self_attn.head_dim
+    dtype = body.embed_tokens.weight.dtype
+    # Keys and values of every position: the prompt's from its cache, one column per step.
+    keys = torch.empty(len(body.layers), n, config.num_key_value_heads, p + max_new_tokens, dim,
+                       dtype=dtype, device=prompt_ids.device)
+    values = torch.empty_like(keys)
+    if cache is not None:
+        for i, layer_cache in enumerate(cache.layers):
+            keys[i, :, :, :p - 1] = layer_cache.keys
+            values[i, :, :, :p - 1] = layer_cache.values
+    # No mask where no row is padded (as transformers passes none then); completion
+    # positions are never masked.
+    padded = not bool(prompt_mask.all())
+    key_mask = torch.cat([prompt_mask.bool(), prompt_mask.new_ones(n, max_new_tokens, dtype=torch.bool)],
+                         dim=1) if padded else None
+    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)[:, -1:]
+    sequences = torch.cat([prompt_ids, prompt_ids.new_full((n, max_new_tokens), pad_token_id)], dim=1)
+    step_logits = (_fused_step if fused(model) else _lean_step)(model, keys, values, key_mask, sequences)
+    eos_ids = torch.tensor(eos, device=prompt_ids.device)
+    unfinished = torch.ones(n, dtype=torch.bool, device=prompt_ids.device)
+    generated = 0
+    for step in range(max_new_tokens):
+        column = p - 1 + step  # the position of this step's input token
+        logits = step_logits(column, positions)
+        scores = processors(sequences[:, :column + 1], logits)
         next_tokens = torch.where(unfinished, scores.argmax(dim=-1), pad_token_id)
         sequences[:, column + 1] = next_tokens
         unfinished &= ~torch.isin(next_tokens, eos_ids)

@@ -8,6 +8,15 @@ at ~13 GB/s where ``aten::mm`` on the plain layout manages ~8 GB/s
 (benchmarks/NOTES.md). Linears that read one input (q/k/v, gate/up) run as one wider
 packed GEMM. Outputs are bit-identical to ``F.linear`` (tested).
 
+Where the CPU has AVX512-BF16 and the model is a Llama that ``decoding`` decodes, the
+linears are packed instead for the fused decode kernel (``alignment/kernels``; layout
+``vnni``), and a whole decode step runs as one call to it: its 8-row GEMMs stream the
+weights ~1.5× faster than oneDNN's and nothing between them is a Python op
+(benchmarks/NOTES.md, tenth session). ``decode_kernel`` picks: ``auto`` uses it where it
+runs and logs why not elsewhere, ``fused`` requires it, ``off`` keeps oneDNN's layout
+(whose GEMMs are bit-identical to ``F.linear``; the kernel's accumulate in another
+order, and its step keeps the residual stream in float32).
+
 On a CPU its attention is ``attention.cpu_attention``: SDPA with the one-token query
 packed per key/value head, ~5× faster than the grouped-query kernel transformers asks
 for when prompts need no padding.
@@ -25,14 +34,21 @@ their memory (benchmarks/NOTES.md).
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable
 
 import torch
 from peft.tuners.lora import LoraLayer
 
+from grao_pipeline.alignment import decoding, kernels
 from grao_pipeline.alignment.attention import CPU_ATTENTION, applies
 from grao_pipeline.alignment.lora import has_adapters
 from grao_pipeline.alignment.trainer import bf16_supported
+
+logger = logging.getLogger(__name__)
+
+ONEDNN_LAYOUT = "onednn"
+DECODE_KERNELS = ("auto", "fused", "off")
 
 
 def packing_available() -> bool:
@@ -45,17 +61,18 @@ SHARED_INPUT_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 class PackedLinear(torch.nn.Module):
-    """A bf16 linear layer for inference whose weight lives in oneDNN's packed layout,
-    packed for ``rows`` input rows (the decode batch; any row count gives the same
-    result, only the kernel choice is tuned for it). ``members``: the names, under the
-    same parent, of the policy's linears whose weights it stacks (one, or a group of
-    ``SHARED_INPUT_GROUPS``). ``pack`` fills it."""
+    """A bf16 linear layer for inference whose weight lives in a packed ``layout``:
+    oneDNN's (``ONEDNN_LAYOUT``), packed for ``rows`` input rows (the decode batch; any
+    row count gives the same result, only the kernel choice is tuned for it), or the
+    fused decode kernel's (``kernels.VNNI_LAYOUT``, float32 bias). ``members``: the
+    names, under the same parent, of the policy's linears whose weights it stacks (one,
+    or a group of ``SHARED_INPUT_GROUPS``). ``pack`` fills it."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, rows: int,
-                 members: tuple[str, ...]):
+                 members: tuple[str, ...], layout: str = ONEDNN_LAYOUT):
         super().__init__()
         self.in_features, self.out_features, self.rows = in_features, out_features, rows
-        self.has_bias, self.members = bias, members
+        self.has_bias, self.members, self.layout = bias, members, layout
         self.bias: torch.Tensor | None = None
         self.packed: torch.Tensor | None = None
         self._last: tuple | None = None
@@ -69,8 +86,11 @@ class PackedLinear(torch.nn.Module):
         for weight in weights:
             plain[row:row + weight.shape[0]].copy_(weight)
             row += weight.shape[0]
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(plain, self.rows)
-        self.bias = torch.cat(biases).to(torch.bfloat16) if self.has_bias else None
+        vnni = self.layout == kernels.VNNI_LAYOUT
+        self.packed = kernels.pack_vnni(plain) if vnni else \
+            torch.ops.mkldnn._reorder_linear_weight(plain, self.rows)
+        self.bias = torch.cat(biases).to(torch.float32 if vnni else torch.bfloat16) \
+            if self.has_bias else None
 
     def release(self) -> None:
         self.packed, self._last = None, None
@@ -79,6 +99,8 @@ class PackedLinear(torch.nn.Module):
         if self.packed is None:
             raise RuntimeError("this sampling copy's weights were released after its rollout: "
                                "sync_sampler(sampler, policy) re-packs them")
+        if self.layout == kernels.VNNI_LAYOUT:
+            return kernels.vnni_linear(x, self.packed, self.bias, self.out_features).to(x.dtype)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     def shared_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +115,7 @@ class PackedLinear(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"members={'+'.join(self.members)}, packed for {self.rows} rows")
+                f"members={'+'.join(self.members)}, {self.layout} layout for {self.rows} rows")
 
 
 class SharedInputSlice(torch.nn.Module):
@@ -112,7 +134,7 @@ class SharedInputSlice(torch.nn.Module):
         return f"columns {self.start}:{self.stop} of {'+'.join(self._group[0].members)}"
 
 
-def pack_linears(model: torch.nn.Module, rows: int) -> torch.nn.Module:
+def pack_linears(model: torch.nn.Module, rows: int, layout: str = ONEDNN_LAYOUT) -> torch.nn.Module:
     """Swap every plain ``nn.Linear`` for an empty ``PackedLinear``, in place; a
     ``SHARED_INPUT_GROUPS`` group of siblings with one input width and bias setting
     becomes one ``PackedLinear`` (registered on the parent as ``packed_<names>``) served
@@ -127,7 +149,7 @@ def pack_linears(model: torch.nn.Module, rows: int) -> torch.nn.Module:
                     len({(linear.in_features, linear.bias is None) for linear in linears}) != 1:
                 continue
             packed = PackedLinear(linears[0].in_features, sum(linear.out_features for linear in linears),
-                                  linears[0].bias is not None, rows, group)
+                                  linears[0].bias is not None, rows, group, layout)
             parent.add_module(f"packed_{'_'.join(group)}", packed)
             start = 0
             for name, linear in zip(group, linears, strict=True):
@@ -136,7 +158,8 @@ def pack_linears(model: torch.nn.Module, rows: int) -> torch.nn.Module:
         for child_name, child in list(parent.named_children()):
             if type(child) is torch.nn.Linear:
                 setattr(parent, child_name, PackedLinear(
-                    child.in_features, child.out_features, child.bias is not None, rows, (child_name,)))
+                    child.in_features, child.out_features, child.bias is not None, rows, (child_name,),
+                    layout))
     return model
 
 
@@ -145,9 +168,31 @@ def _plain_model(model):
     return model.get_base_model() if has_adapters(model) else model
 
 
-def sampling_copy(model, sampling_dtype: str, rows: int):
+def _layout(sampler, decode_kernel: str) -> str:
+    """The packed layout for ``sampler`` (a bf16 copy on CPU) under ``decode_kernel``."""
+    if decode_kernel not in DECODE_KERNELS:
+        raise ValueError(f"decode_kernel = {decode_kernel!r}: must be one of {DECODE_KERNELS}")
+    if decode_kernel == "off":
+        return ONEDNN_LAYOUT
+    reason = decoding.unsupported(sampler) or decoding.fused_unsupported(sampler) or kernels.unavailable()
+    if reason is None:
+        return kernels.VNNI_LAYOUT
+    if decode_kernel == "fused":
+        raise RuntimeError(f"decode_kernel = 'fused', but the fused CPU decode kernel cannot run: {reason}")
+    key = (type(sampler).__name__, reason)
+    if key not in _announced:
+        _announced.add(key)
+        logger.info("fused CPU decode kernel not used for %s (%s): oneDNN-packed linears", *key)
+    return ONEDNN_LAYOUT
+
+
+_announced: set[tuple[str, str]] = set()
+
+
+def sampling_copy(model, sampling_dtype: str, rows: int, decode_kernel: str = "auto"):
     """The policy's bf16 sampling copy (packed linears on CPU) where bf16 is wanted,
-    else the policy itself. ``rows``: the decode batch (prompts per step × G)."""
+    else the policy itself. ``rows``: the decode batch (prompts per step × G).
+    ``decode_kernel``: ``auto``, ``fused`` or ``off`` (module docstring)."""
     use_bf16 = sampling_dtype == "bfloat16" or (sampling_dtype == "auto" and bf16_supported())
     if not use_bf16:
         return model
@@ -159,7 +204,7 @@ def sampling_copy(model, sampling_dtype: str, rows: int):
     with torch.device("meta"):
         sampler = type(base)(config).to(torch.bfloat16)
     if device.type == "cpu" and packing_available():
-        pack_linears(sampler, rows)
+        pack_linears(sampler, rows, _layout(sampler, decode_kernel))
     sampler = sampler.to_empty(device=device).eval().requires_grad_(False)
     sampler.generation_config = copy.deepcopy(base.generation_config)
     sync_sampler(sampler, model)

@@ -197,7 +197,8 @@ class RolloutMethod(BaseMethod):
 
     def setup(self, model) -> None:
         self.sampler = sampling_copy(model, self.cfg.sampling_dtype,
-                                     self.cfg.prompts_per_step * self.cfg.num_generations)
+                                     self.cfg.prompts_per_step * self.cfg.num_generations,
+                                     self.cfg.decode_kernel)
         if self.needs_start_policy:
             self.start_policy = start_policy_copy(model)
 

@@ -1,0 +1,86 @@
+"""The fused CPU decode kernel (``decode_cpu.cpp``): built on first use with torch's own
+extension builder (``torch.utils.cpp_extension.load``, cached per machine under
+``TORCH_EXTENSIONS_DIR``, ~15 s the first time), loaded as ``torch.ops.grao_cpu``.
+
+Why a kernel of our own: a decode step streams every weight once for only 8 rows, and
+neither oneDNN's bf16 GEMM (~35% of the bf16 peak for 8 rows on an AVX512-BF16 CPU
+without AMX) nor eager PyTorch's ~1,200 small ops per step come near the machine's
+floor (benchmarks/NOTES.md, tenth session). The kernel needs AVX512-BF16 (AMD Zen 4,
+Intel Cooper Lake and later) and a C++ compiler; ``unavailable()`` names what is
+missing, and the sampler then keeps oneDNN's packed linears and the lean Python loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("decode_cpu.cpp")
+# Output columns per weight tile (3 blocks of 16: the kernel's register tile), and so
+# the granularity of the packed layout.
+TILE_COLS = 48
+# ``PackedLinear.layout`` of a weight packed for this kernel.
+VNNI_LAYOUT = "vnni"
+CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma",
+          "-fopenmp"]
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@functools.cache
+def unavailable() -> str | None:
+    """Why the fused kernel cannot run on this machine; None where it can (it is then
+    built and loaded)."""
+    missing = {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} - _cpu_flags()
+    if missing:
+        return f"the CPU lacks {', '.join(sorted(missing))}"
+    if shutil.which("c++") is None:
+        return "no C++ compiler (c++) on PATH to build alignment/kernels/decode_cpu.cpp"
+    from torch.utils.cpp_extension import load
+
+    logger.info("building/loading the fused CPU decode kernel (alignment/kernels/decode_cpu.cpp)")
+    try:
+        load(name="grao_cpu_kernels", sources=[str(SOURCE)], extra_cflags=CFLAGS,
+             is_python_module=False, verbose=False)
+    except Exception as error:  # reported as the reason, never swallowed
+        return f"building alignment/kernels/decode_cpu.cpp failed: {error}"
+    return None
+
+
+def pack_vnni(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` [N, K] (K even) in the kernel's layout: [ceil(N / 48), K / 2, 48, 2]
+    bf16, each 48-column tile one contiguous stream holding, for each pair of input
+    columns, its 48 columns' two weights side by side (``vdpbf16ps``'s operand order).
+    Columns past N are zero."""
+    n, k = weight.shape
+    if k % 2:
+        raise ValueError(f"pack_vnni: the input width must be even, got {k}")
+    full, rest = divmod(n, TILE_COLS)
+    packed = torch.empty(full + bool(rest), k // 2, TILE_COLS, 2, dtype=torch.bfloat16)
+    packed[:full].permute(0, 2, 1, 3).copy_(weight[:full * TILE_COLS].view(full, TILE_COLS, k // 2, 2))
+    if rest:
+        packed[full].zero_()
+        packed[full, :, :rest].copy_(weight[full * TILE_COLS:].view(rest, k // 2, 2).transpose(0, 1))
+    return packed
+
+
+def vnni_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
+                out_features: int) -> torch.Tensor:
+    """x [..., K] bf16 times the packed weight, plus ``bias`` (float32): float32 [..., N]."""
+    empty = torch.empty(0)
+    return torch.ops.grao_cpu.vnni_linear(x, packed, empty if bias is None else bias, out_features)
