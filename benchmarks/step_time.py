@@ -15,10 +15,10 @@ only one trainer computes at any moment. Precision: bf16 where the CPU has nativ
 Floors: generation = decode steps x weight bytes / measured memory bandwidth (each
 decode step streams the weights once); update = 6 x parameters x tokens / measured
 matmul peak (forward + backward). Beside the floors, a kernel reference: the GEMMs of
-the same decode steps alone, on the sampling copy's packed bf16 weights (the fastest
-small-row kernel torch has on a CPU), so each run shows how much of generation's
-distance to its floor is the kernel's and how much the other ops'. Writes
-benchmarks/results.json.
+the same decode steps alone, on the sampling copy's packed bf16 weights (the fused
+kernel's where it runs, and oneDNN's, the fastest small-row kernel torch has on a CPU),
+so each run shows how much of generation's distance to its floor is the kernel's and
+how much the other ops'. Writes benchmarks/results.json.
 """
 
 from __future__ import annotations
@@ -281,25 +281,32 @@ def floors(result: dict, machine: dict, cfg: dict, precision: str, prompt_tokens
             "grao_update_s": 6 * n * (update_tokens + 2 * (prompt_tokens + cfg["tokens"])) / peak}
 
 
-def decode_gemms_s(model, rows: int, steps: int) -> float | None:
+def decode_gemms_s(model, rows: int, steps: int, decode_kernel: str) -> float | None:
     """Seconds for the GEMMs of ``steps`` decode steps of ``rows`` rows alone: every
-    packed linear of the sampling copy in turn, on fixed inputs, best of 3. Each
-    weight is read from memory once a step, as in generation (the weights are far
-    larger than any cache). None where the copy has no packed linears (no native bf16)."""
+    packed linear of the sampling copy (as ``decode_kernel`` packs it) in turn, on fixed
+    inputs, best of 3. Each weight is read from memory once a step, as in generation
+    (the weights are far larger than any cache). None where the copy has no packed
+    linears (no native bf16)."""
     import torch
 
+    from grao_pipeline.alignment import kernels
     from grao_pipeline.alignment.sampler import PackedLinear, sampling_copy
 
-    sampler = sampling_copy(model, "auto", rows)
+    sampler = sampling_copy(model, "auto", rows, decode_kernel)
     gemms = [m for m in sampler.modules() if isinstance(m, PackedLinear)]
     if not gemms:
         return None
     inputs = {m.in_features: torch.randn(rows, m.in_features, dtype=torch.bfloat16) for m in gemms}
 
+    def call(gemm):  # the fused step calls the kernel's GEMM itself, float32 out
+        if gemm.layout == kernels.VNNI_LAYOUT:
+            return kernels.vnni_linear(inputs[gemm.in_features], gemm.packed, gemm.bias, gemm.out_features)
+        return gemm(inputs[gemm.in_features])
+
     def decode_steps():
         for _ in range(steps):
             for gemm in gemms:
-                gemm(inputs[gemm.in_features])
+                call(gemm)
 
     with torch.inference_mode():
         decode_steps()
@@ -369,15 +376,24 @@ def main() -> None:
     policy = load_policy()
     prompt_tokens = prompt_token_lengths(policy.tokenizer, result["questions"])[0]
     floor = floors(result, machine, cfg, precision, prompt_tokens)
-    floor["generation_gemms_s"] = decode_gemms_s(policy.model, 2 * args.G, args.tokens)
+    from grao_pipeline.alignment import decoding, kernels
+    from grao_pipeline.alignment.sampler import sampling_copy
+
+    # What our trainers' sampling copy decodes with here (their decode_kernel is auto).
+    decode_step = ("fused kernel (alignment/kernels)" if decoding.fused(sampling_copy(policy.model, "auto", 2 * args.G))
+                   else f"lean Python loop over oneDNN-packed linears ({kernels.unavailable() or 'model unsupported'})")
+    print(f"our decode step: {decode_step}")
+    floor["generation_gemms_s"] = decode_gemms_s(policy.model, 2 * args.G, args.tokens, "auto")
+    floor["generation_gemms_onednn_s"] = decode_gemms_s(policy.model, 2 * args.G, args.tokens, "off")
     del policy
     print(f"\nfloors: generation {floor['generation_s']:.2f} s ({args.tokens} decode steps x "
           f"{result['grpo']['n_params'] / 1e6:.0f}M params x {2 if precision == 'bf16' else 4} B / bandwidth), "
           f"update {floor['update_s']:.2f} s (6 N tokens / peak)")
     if floor["generation_gemms_s"] is not None:
-        print(f"kernel reference: the GEMMs of those decode steps alone (packed bf16, {2 * args.G} rows) "
-              f"take {floor['generation_gemms_s']:.2f} s = "
-              f"{floor['generation_gemms_s'] / floor['generation_s']:.1f}x the generation floor")
+        print(f"kernel reference: the GEMMs of those decode steps alone ({2 * args.G} rows) take "
+              f"{floor['generation_gemms_s']:.2f} s = "
+              f"{floor['generation_gemms_s'] / floor['generation_s']:.1f}x the generation floor with the "
+              f"packing our trainers use, {floor['generation_gemms_onednn_s']:.2f} s with oneDNN's")
     header = f"{'trainer':<22}{'median':>8}{'min':>8}{'max':>8}{'gen':>8}{'score':>8}{'update':>8}{'tok/s':>8}{'gen/floor':>10}{'upd/floor':>10}{'RSS MB':>9}"
     print("\n" + header)
     names = {"trl": "TRL 1.16 GRPOTrainer", "grpo": "ours GRPO", "grao": "ours GRAO"}
@@ -399,7 +415,7 @@ def main() -> None:
             f"{names[k]} {result[k]['generation_over_gemms']:.1f}x" for k in ("trl", "grpo", "grao")))
     print(f"\nours GRPO / TRL = {ratio:.2f}x; ours GRAO / TRL GRPO = {grao_ratio:.2f}x")
     out = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine,
-           "precision": precision, "config": {**cfg, "prompts": 2, "prompt_tokens": prompt_tokens,
+           "precision": precision, "decode_step": decode_step, "config": {**cfg, "prompts": 2, "prompt_tokens": prompt_tokens,
                                               "warmup": args.warmup, "timed_steps": args.steps},
            "ours_s_per_step_median": result["grpo"]["s_per_step_median"],
            "ours_grao_s_per_step_median": result["grao"]["s_per_step_median"],

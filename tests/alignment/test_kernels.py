@@ -20,16 +20,21 @@ needs_kernel = pytest.mark.skipif(kernels.unavailable() is not None,
                                   reason=f"fused kernel: {kernels.unavailable()}")
 
 
+@needs_kernel
 def test_pack_vnni_layout():
-    """packed[t, p, c, j] = W[48·t + c, 2·p + j]; columns past N are zero."""
-    weight = torch.randn(100, 6).to(torch.bfloat16)
-    packed = kernels.pack_vnni(weight)
-    assert packed.shape == (3, 3, 48, 2)
-    for t, p, c, j in [(0, 0, 0, 0), (0, 2, 47, 1), (1, 1, 5, 0), (2, 0, 3, 1), (2, 2, 3, 0)]:
-        assert packed[t, p, c, j] == weight[48 * t + c, 2 * p + j]
-    assert not packed[2, :, 4:].any()  # rows 100..143 do not exist
+    """packed[t, p, c, j] = W[48·t + c, 2·p + j] for W the sources' rows stacked, cast as
+    torch casts to bf16; columns past N are zero."""
+    first, second = torch.randn(60, 6), torch.randn(40, 6).to(torch.bfloat16)
+    weight = torch.cat([first.to(torch.bfloat16), second])
+    packed = kernels.pack_vnni([first, second])
+    assert packed.shape == (3, 3, 48, 2) and packed.dtype == torch.bfloat16
+    for t, p, c, j in [(0, 0, 0, 0), (0, 2, 47, 1), (1, 1, 5, 0), (1, 0, 11, 1), (2, 0, 3, 1), (2, 2, 3, 0)]:
+        assert packed[t, p, c, j].view(torch.int16) == weight[48 * t + c, 2 * p + j].view(torch.int16)
+    unpacked = packed.permute(0, 2, 1, 3).reshape(144, 6)
+    assert torch.equal(unpacked[:100].view(torch.int16), weight.view(torch.int16))
+    assert not unpacked[100:].any()  # rows 100..143 do not exist
     with pytest.raises(ValueError, match="even"):
-        kernels.pack_vnni(torch.zeros(4, 5, dtype=torch.bfloat16))
+        kernels.pack_vnni([torch.zeros(4, 5)])
 
 
 @needs_kernel
@@ -39,7 +44,7 @@ def test_vnni_linear_matches_float64(rows, k, n, with_bias):
     torch.manual_seed(0)
     x, weight = torch.randn(rows, k).to(torch.bfloat16), torch.randn(n, k).to(torch.bfloat16)
     bias = torch.randn(n) if with_bias else None
-    got = kernels.vnni_linear(x.view(1, rows, k), kernels.pack_vnni(weight), bias, n)
+    got = kernels.vnni_linear(x.view(1, rows, k), kernels.pack_vnni([weight]), bias, n)
     want = x.double() @ weight.double().T + (0 if bias is None else bias.double())
     assert got.shape == (1, rows, n) and got.dtype == torch.float32
     # float32 accumulation of exact bf16 products: a few ulp of the sum of magnitudes.

@@ -78,19 +78,23 @@ class PackedLinear(torch.nn.Module):
         self._last: tuple | None = None
 
     @torch.no_grad()
-    def pack(self, weights: list[torch.Tensor], biases: list[torch.Tensor], scratch: torch.Tensor) -> None:
-        """Pack the members' ``weights`` [out_i, in] (any dtype), stacked by rows, through
-        ``scratch``, a flat bf16 buffer at least as large; ``biases`` likewise (or [])."""
+    def pack(self, weights: list[torch.Tensor], biases: list[torch.Tensor],
+             scratch: torch.Tensor | None) -> None:
+        """Pack the members' ``weights`` [out_i, in], stacked by rows: oneDNN's layout
+        through ``scratch``, a flat bf16 buffer at least as large (any dtype); the
+        kernel's straight from them (float32 or bf16; ``scratch`` unused, may be None).
+        ``biases`` likewise (or [])."""
+        if self.layout == kernels.VNNI_LAYOUT:  # straight from the policy's weights, no scratch
+            self.packed = kernels.pack_vnni(weights)
+            self.bias = torch.cat(biases).float() if self.has_bias else None
+            return
         plain = scratch[: self.out_features * self.in_features].view(self.out_features, self.in_features)
         row = 0
         for weight in weights:
             plain[row:row + weight.shape[0]].copy_(weight)
             row += weight.shape[0]
-        vnni = self.layout == kernels.VNNI_LAYOUT
-        self.packed = kernels.pack_vnni(plain) if vnni else \
-            torch.ops.mkldnn._reorder_linear_weight(plain, self.rows)
-        self.bias = torch.cat(biases).to(torch.float32 if vnni else torch.bfloat16) \
-            if self.has_bias else None
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(plain, self.rows)
+        self.bias = torch.cat(biases).to(torch.bfloat16) if self.has_bias else None
 
     def release(self) -> None:
         self.packed, self._last = None, None
@@ -251,9 +255,10 @@ def sync_sampler(sampler, model) -> None:
         return policy[name]()
 
     packed = {name: m for name, m in sampler.named_modules() if isinstance(m, PackedLinear)}
+    onednn = [m for m in packed.values() if m.layout == ONEDNN_LAYOUT]
+    scratch = torch.empty(max(m.in_features * m.out_features for m in onednn), dtype=torch.bfloat16) \
+        if onednn else None
     if packed:
-        scratch = torch.empty(max(m.in_features * m.out_features for m in packed.values()),
-                              dtype=torch.bfloat16)
         for name, layer in packed.items():
             parent = name.rpartition(".")[0]
             members = [f"{parent}.{member}" if parent else member for member in layer.members]

@@ -62,20 +62,19 @@ def unavailable() -> str | None:
     return None
 
 
-def pack_vnni(weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` [N, K] (K even) in the kernel's layout: [ceil(N / 48), K / 2, 48, 2]
-    bf16, each 48-column tile one contiguous stream holding, for each pair of input
-    columns, its 48 columns' two weights side by side (``vdpbf16ps``'s operand order).
-    Columns past N are zero."""
-    n, k = weight.shape
-    if k % 2:
-        raise ValueError(f"pack_vnni: the input width must be even, got {k}")
-    full, rest = divmod(n, TILE_COLS)
-    packed = torch.empty(full + bool(rest), k // 2, TILE_COLS, 2, dtype=torch.bfloat16)
-    packed[:full].permute(0, 2, 1, 3).copy_(weight[:full * TILE_COLS].view(full, TILE_COLS, k // 2, 2))
-    if rest:
-        packed[full].zero_()
-        packed[full, :, :rest].copy_(weight[full * TILE_COLS:].view(rest, k // 2, 2).transpose(0, 1))
+def pack_vnni(weights: list[torch.Tensor]) -> torch.Tensor:
+    """``weights`` (float32 or bf16 [n_i, K], K even), their rows stacked into one [N, K]
+    matrix, in the kernel's layout: [ceil(N / 48), K / 2, 48, 2] bf16, each 48-column tile
+    one contiguous stream holding, for each pair of input columns, its 48 columns' two
+    weights side by side (``vdpbf16ps``'s operand order). Columns past N are zero; the
+    cast to bf16 is torch's (round to nearest even)."""
+    k = weights[0].shape[1]
+    if k % 2 or any(w.dim() != 2 or w.shape[1] != k for w in weights):
+        raise ValueError(f"pack_vnni: weights must be [n, K] with one even K, got "
+                         f"{[tuple(w.shape) for w in weights]}")
+    n = sum(w.shape[0] for w in weights)
+    packed = torch.empty(-(-n // TILE_COLS), k // 2, TILE_COLS, 2, dtype=torch.bfloat16)
+    torch.ops.grao_cpu.pack_vnni_(packed, [w.contiguous() for w in weights])
     return packed
 
 

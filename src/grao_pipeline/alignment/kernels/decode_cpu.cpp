@@ -15,7 +15,7 @@
 // Weight layout ("vnni"): W [N, K] (K even) padded to N' = 16·ceil(N/16) rows and stored
 // as [N'/16, K/2, 16, 2]: for each block of 16 output columns, each pair of input
 // columns holds the 16 columns' two weights side by side, which is `vdpbf16ps`'s
-// operand layout. `pack_vnni` in kernels.py builds it with one permuting copy.
+// operand layout. `pack_vnni_` below builds it.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -32,6 +32,15 @@
 namespace {
 
 using bf16_t = uint16_t;
+
+// Round to nearest even, as torch's float -> bfloat16 cast (a NaN stays a NaN).
+inline bf16_t float_to_bf16(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<bf16_t>((bits >> 16) | 0x40);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<bf16_t>(bits >> 16);
+}
 
 inline __m512 load_bf16x16(const bf16_t* p) {
   __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
@@ -164,6 +173,56 @@ at::Tensor vnni_linear(const at::Tensor& x, const at::Tensor& packed, const at::
        reinterpret_cast<const bf16_t*>(packed.data_ptr()), n, bias_ptr(bias, n, "vnni_linear"),
        y.data_ptr<float>(), n);
   return y.view(shape);
+}
+
+// Packs ``sources`` (their rows stacked: [sum n_i, K], float32 or bf16, contiguous) into
+// ``out`` [ceil(N / 48), K / 2, 48, 2] bf16 (columns past N zero), casting as torch does.
+// One pass that reads each source row once: the policy's float32 weights are packed
+// straight from where they live after every update, with no bf16 copy in between.
+void pack_vnni_(at::Tensor out, at::TensorList sources) {
+  TORCH_CHECK(out.scalar_type() == at::kBFloat16 && out.is_contiguous() && out.dim() == 4 &&
+                  out.size(2) == kTileCols && out.size(3) == 2,
+              "pack_vnni_: out must be a contiguous bf16 [T, K/2, ", kTileCols, ", 2]");
+  const int64_t k_pairs = out.size(1), k = 2 * k_pairs, tiles = out.size(0);
+  std::vector<const void*> rows;
+  std::vector<bool> f32;
+  for (const at::Tensor& source : sources) {
+    TORCH_CHECK(source.dim() == 2 && source.size(1) == k && source.is_contiguous() &&
+                    (source.scalar_type() == at::kFloat || source.scalar_type() == at::kBFloat16),
+                "pack_vnni_: sources must be contiguous float32 or bf16 [n, ", k, "], got ",
+                source.sizes(), " ", source.scalar_type());
+    const int64_t item = source.element_size();
+    for (int64_t r = 0; r < source.size(0); ++r) {
+      rows.push_back(static_cast<const char*>(source.data_ptr()) + r * k * item);
+      f32.push_back(source.scalar_type() == at::kFloat);
+    }
+  }
+  const int64_t n = static_cast<int64_t>(rows.size());
+  TORCH_CHECK(n <= tiles * kTileCols && n > (tiles - 1) * kTileCols, "pack_vnni_: ", n,
+              " rows do not fill ", tiles, " tiles of ", kTileCols);
+  bf16_t* dst = reinterpret_cast<bf16_t*>(out.data_ptr());
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      bf16_t* tile = dst + t * k_pairs * kTileCols * 2;
+      for (int64_t c = 0; c < kTileCols; ++c) {
+        const int64_t row = t * kTileCols + c;
+        bf16_t* col = tile + c * 2;
+        if (row >= n) {
+          for (int64_t kp = 0; kp < k_pairs; ++kp) col[kp * kTileCols * 2] = col[kp * kTileCols * 2 + 1] = 0;
+        } else if (f32[row]) {
+          const float* src = static_cast<const float*>(rows[row]);
+          for (int64_t kp = 0; kp < k_pairs; ++kp) {
+            col[kp * kTileCols * 2] = float_to_bf16(src[2 * kp]);
+            col[kp * kTileCols * 2 + 1] = float_to_bf16(src[2 * kp + 1]);
+          }
+        } else {
+          const uint32_t* src = static_cast<const uint32_t*>(rows[row]);
+          for (int64_t kp = 0; kp < k_pairs; ++kp)
+            std::memcpy(col + kp * kTileCols * 2, src + kp, sizeof(uint32_t));
+        }
+      }
+    }
+  });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -383,6 +442,7 @@ at::Tensor llama_decode_step(const at::Tensor& embeds, const at::Tensor& cos, co
 
 TORCH_LIBRARY(grao_cpu, m) {
   m.def("vnni_linear(Tensor x, Tensor packed, Tensor bias, int n) -> Tensor");
+  m.def("pack_vnni_(Tensor(a!) out, Tensor[] sources) -> ()");
   m.def("llama_decode_step(Tensor embeds, Tensor cos, Tensor sin, Tensor(a!) keys, Tensor(b!) values, "
         "Tensor key_mask, int column, Tensor[] weights, Tensor[] biases, Tensor[] norms, int heads, "
         "int kv_heads, int inner, int vocab, float eps, float scaling) -> Tensor");
@@ -390,5 +450,6 @@ TORCH_LIBRARY(grao_cpu, m) {
 
 TORCH_LIBRARY_IMPL(grao_cpu, CPU, m) {
   m.impl("vnni_linear", vnni_linear);
+  m.impl("pack_vnni_", pack_vnni_);
   m.impl("llama_decode_step", llama_decode_step);
 }
