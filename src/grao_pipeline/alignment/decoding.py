@@ -17,6 +17,14 @@ the GEMMs (benchmarks/NOTES.md, eighth session). Here a step is the same arithme
 - grouped linears (``sampler.PackedLinear`` groups q/k/v and gate/up) run as one GEMM
   where the model has them, else as its separate linears concatenated.
 
+Where the sampling copy's linears are packed for the fused CPU kernel
+(``sampler.sampling_copy``, ``decode_kernel``), the same loop runs each step as one call
+to ``kernels/decode_cpu.cpp`` instead (``_fused_step``): the same layer, its GEMMs on
+vnni-packed bf16 weights and the residual stream in float32, so its logits track the
+float32 policy at least as closely as the eager bf16 step's (tested), though not bit
+for bit as ``generate``'s. Only the draw, the EOS bookkeeping and the embedding lookup
+stay in Python.
+
 Simplifications, each checked by ``unsupported``: the Llama layer only (RMSNorm, rotary
 attention, SiLU-gated MLP; no biases in the MLP, no attention dropout, no sliding
 window, no per-head norms), no peft wrapper, and only where the model already attends

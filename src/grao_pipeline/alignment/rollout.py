@@ -219,8 +219,9 @@ def sample_completions(model: PreTrainedModel, tokenizer, prompts: EncodedPrompt
     rows_ids = prompt_ids.repeat_interleave(num_generations, 0)
     rows_mask = prompt_mask.repeat_interleave(num_generations, 0)
     lean_unsupported = decoding.unsupported(model)
-    _announce(model, "the lean Llama decode loop (alignment/decoding.py)" if lean_unsupported is None
-              else f"transformers' generate: {lean_unsupported}")
+    _announce(model, f"transformers' generate: {lean_unsupported}" if lean_unsupported is not None
+              else "the fused CPU decode kernel (alignment/kernels)" if decoding.fused(model)
+              else "the lean Llama decode loop (alignment/decoding.py)")
     # Inference mode, not only no_grad: no version counters or autograd checks on the
     # ~5,800 dispatcher calls of each decode step (-0.1 s per rollout, benchmarks/NOTES.md).
     with torch.inference_mode():
