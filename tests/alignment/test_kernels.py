@@ -128,6 +128,22 @@ def test_unavailable_names_the_missing_cpu_feature(monkeypatch):
         kernels.unavailable.cache_clear()
 
 
+def test_copies_of_the_source_share_one_build_and_an_edit_gets_its_own(monkeypatch, tmp_path):
+    """Copied Kedro projects import the package from their own paths; torch's builder
+    would rebuild for each path (~12 s a process), so the build is keyed by content."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "builds"))
+    name, source = kernels._build_source()
+    copy = tmp_path / "project/decode_cpu.cpp"
+    copy.parent.mkdir()
+    copy.write_bytes(kernels.SOURCE.read_bytes())
+    monkeypatch.setattr(kernels, "SOURCE", copy)
+    assert kernels._build_source() == (name, source)
+    assert source.read_bytes() == copy.read_bytes()
+    copy.write_bytes(copy.read_bytes() + b"\n// edited\n")
+    edited_name, edited_source = kernels._build_source()
+    assert edited_name != name and edited_source.read_bytes() == copy.read_bytes()
+
+
 def test_config_names_a_bad_decode_kernel():
     with pytest.raises(ValueError, match="decode_kernel"):
         GRPOConfig(decode_kernel="fast")

@@ -1,6 +1,7 @@
 """The fused CPU decode kernel (``decode_cpu.cpp``): built on first use with torch's own
-extension builder (``torch.utils.cpp_extension.load``, cached per machine under
-``TORCH_EXTENSIONS_DIR``, ~15 s the first time), loaded as ``torch.ops.grao_cpu``.
+extension builder (``torch.utils.cpp_extension.load``, ~15 s the first time, then cached
+per machine under ``TORCH_EXTENSIONS_DIR`` in a folder named by the source's content),
+loaded as ``torch.ops.grao_cpu``.
 
 Why a kernel of our own: a decode step streams every weight once for only 8 rows, and
 neither oneDNN's bf16 GEMM (~35% of the bf16 peak for 8 rows on an AVX512-BF16 CPU
@@ -13,7 +14,9 @@ missing, and the sampler then keeps oneDNN's packed linears and the lean Python 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -55,11 +58,33 @@ def unavailable() -> str | None:
 
     logger.info("building/loading the fused CPU decode kernel (alignment/kernels/decode_cpu.cpp)")
     try:
-        load(name="grao_cpu_kernels", sources=[str(SOURCE)], extra_cflags=CFLAGS,
+        name, source = _build_source()
+        load(name=name, sources=[str(source)], extra_cflags=CFLAGS, build_directory=str(source.parent),
              is_python_module=False, verbose=False)
     except Exception as error:  # reported as the reason, never swallowed
         return f"building alignment/kernels/decode_cpu.cpp failed: {error}"
     return None
+
+
+def _build_source() -> tuple[str, Path]:
+    """The extension's name and its source's copy in a build folder named by the source,
+    the flags and torch's version. Why a copy: torch's builder rebuilds (~12 s) whenever
+    the source's path changes, and every copied Kedro project (tests, DVC's workspaces)
+    imports the package from its own path; keyed by content, they share one build."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    code = SOURCE.read_bytes()
+    digest = hashlib.sha256(b"\0".join([code, " ".join(CFLAGS).encode(), torch.__version__.encode()]))
+    name = f"grao_cpu_kernels_{digest.hexdigest()[:16]}"
+    folder = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / SOURCE.name
+    if not source.is_file() or source.read_bytes() != code:
+        # Written whole, then renamed: a concurrent process never compiles half a file.
+        partial = folder / f".{SOURCE.name}.{os.getpid()}"
+        partial.write_bytes(code)
+        os.replace(partial, source)
+    return name, source
 
 
 def pack_vnni(weights: list[torch.Tensor]) -> torch.Tensor:
