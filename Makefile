@@ -10,7 +10,7 @@ export KEDRO_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test repro lint viz compare tune tune-worker dashboard clean
+.PHONY: setup run test repro lint docs viz compare tune tune-worker dashboard clean
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,8 +35,16 @@ test: setup
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
+# ruff; the import layers (contracts in pyproject.toml); the docs site, where a broken
+# link, anchor or page fails the build.
 lint: setup
-	$(BIN)/python -m ruff check src tests
+	$(BIN)/python -m ruff check src tests benchmarks
+	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $(CURDIR)/site
+
+# The documentation site on this machine only.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -a 127.0.0.1:8000
 
 # The comparison, resumable: trains only the (method, seed) runs whose outputs are
 # missing, then re-summarises every run's outputs. KEDRO_ARGS="--env cpu_compare" etc.

@@ -47,9 +47,9 @@ def variant(name: str, changes: dict, queue) -> None:
 
     from grao_pipeline.alignment.config import EvalConfig, RewardConfig
     from grao_pipeline.alignment.evaluation import answer_prompts, score_answers
-    from grao_pipeline.alignment.methods import train_method
     from grao_pipeline.alignment.models import load_model
     from grao_pipeline.alignment.rewards import CompositeReward
+    from grao_pipeline.alignment.run import train_method
     from grao_pipeline.pipelines.evaluation.nodes import summarise_evaluation
 
     torch.set_num_threads(2)
@@ -88,7 +88,7 @@ def start_policy_cost(queue) -> None:
 
     from grao_pipeline.alignment.config import LoRAConfig
     from grao_pipeline.alignment.lora import with_adapters
-    from grao_pipeline.alignment.methods.common import start_policy_copy
+    from grao_pipeline.alignment.methods.base import start_policy_copy
     from grao_pipeline.alignment.models import load_model
 
     torch.set_num_threads(2)
@@ -135,7 +135,7 @@ def main() -> None:
     import torch
     from step_time import cpu_name  # the benchmarks' shared machine description
 
-    from grao_pipeline.alignment.trainer import bf16_supported
+    from grao_pipeline.alignment.hardware import bf16_supported
 
     print(f"machine: {cpu_name()}; torch {torch.__version__}; native bf16: {bf16_supported()}")
     lora = {"enabled": True, "rank": args.rank, "alpha": 2 * args.rank,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -40,10 +39,9 @@ QUESTION_POOL = 400  # chit-chat questions searched for two of equal token lengt
 
 # ---------------------------------------------------------------- machine -----------
 def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+    from grao_pipeline.alignment.hardware import cpu_name as name
+
+    return name()
 
 
 def measure_peaks() -> dict:
@@ -60,7 +58,9 @@ def measure_peaks() -> dict:
     dst = torch.empty_like(src)
     dst.copy_(src)
     best = min(_timed(lambda: dst.copy_(src)) for _ in range(5))
-    flags = Path("/proc/cpuinfo").read_text()
+    from grao_pipeline.alignment.hardware import cpu_flags
+
+    flags = cpu_flags()
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
             "fp32_gflops": matmul(torch.float32), "bf16_gflops": matmul(torch.bfloat16, n=1024)
@@ -86,7 +86,7 @@ def two_questions(tokenizer) -> list[str]:
     """The first two chit-chat questions whose chat-templated prompts have the same
     token length, so no prompt padding differs between trainers."""
     from grao_pipeline.alignment.config import DataConfig
-    from grao_pipeline.alignment.rollout import prompt_token_lengths
+    from grao_pipeline.alignment.tokens import prompt_token_lengths
     from grao_pipeline.io import ChitchatDataset
     from grao_pipeline.pipelines.data_processing.nodes import clean_and_filter, extract_pairs
 
@@ -117,10 +117,10 @@ def peak_rss_mb() -> float:
 def run_ours(method_name: str, cfg: dict) -> None:
     import torch
 
-    from grao_pipeline.alignment.config import GRAOConfig, GRPOConfig
     from grao_pipeline.alignment.methods import get_method
+    from grao_pipeline.alignment.methods.grao import GRAOMethodConfig
+    from grao_pipeline.alignment.methods.grpo import GRPOConfig
     from grao_pipeline.alignment.rewards import CompositeReward, RewardConfig
-    from grao_pipeline.alignment.rollout import sample_completions
     from grao_pipeline.alignment.trainer import train
 
     torch.set_num_threads(cfg["threads"])
@@ -130,13 +130,12 @@ def run_ours(method_name: str, cfg: dict) -> None:
                   max_completion_tokens=cfg["tokens"], temperature=1.0, learning_rate=2e-5,
                   mixed_precision=cfg["precision"], sampling_dtype="auto", show_progress=False,
                   max_prompt_tokens=128, kl_coef=0.0)
-    config = GRAOConfig(**common) if method_name == "grao" else GRPOConfig(**common)
+    config = GRAOMethodConfig(**common) if method_name == "grao" else GRPOConfig(**common)
     method = get_method(method_name).build(policy.tokenizer, CompositeReward(RewardConfig()), config,
                                            policy.model)
 
-    def exactly_n_tokens(model, tokenizer, encoded, prompts, g, max_new, temperature):
-        return sample_completions(model, tokenizer, encoded, g, max_new, temperature,
-                                  min_new_tokens=max_new)
+    def exactly_n_tokens(sampler, tokenizer, encoded, prompts, g, max_new, temperature):
+        return sampler.sample(tokenizer, encoded, g, max_new, temperature, min_new_tokens=max_new)
 
     method.sample_fn = exactly_n_tokens
     rows = [{"prompt": q, "reference": "Fine, thanks for asking."} for q in questions]
@@ -162,7 +161,7 @@ def run_trl(cfg: dict) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from grao_pipeline.alignment.rewards import CompositeReward, RewardConfig
-    from grao_pipeline.alignment.rollout import format_prompts
+    from grao_pipeline.alignment.tokens import format_prompts
 
     torch.set_num_threads(cfg["threads"])
     policy = load_policy()
@@ -289,11 +288,11 @@ def decode_gemms_s(model, rows: int, steps: int, decode_kernel: str) -> float | 
     linears (no native bf16)."""
     import torch
 
-    from grao_pipeline.alignment import kernels
-    from grao_pipeline.alignment.sampler import PackedLinear, sampling_copy
+    from grao_pipeline.alignment.generation import kernels
+    from grao_pipeline.alignment.generation.packing import PackedLinear, sampling_copy
 
-    sampler = sampling_copy(model, "auto", rows, decode_kernel)
-    gemms = [m for m in sampler.modules() if isinstance(m, PackedLinear)]
+    copy_model = sampling_copy(model, "auto", rows, decode_kernel)
+    gemms = [m for m in copy_model.modules() if isinstance(m, PackedLinear)]
     if not gemms:
         return None
     inputs = {m.in_features: torch.randn(rows, m.in_features, dtype=torch.bfloat16) for m in gemms}
@@ -353,7 +352,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from grao_pipeline.alignment.trainer import bf16_supported
+    from grao_pipeline.alignment.hardware import bf16_supported
 
     machine = measure_peaks()
     precision = "bf16" if bf16_supported() else "fp32"
@@ -371,17 +370,15 @@ def main() -> None:
         return
     result = bench(["grpo", "grao", "trl"], cfg, args.warmup, args.steps)
 
-    from grao_pipeline.alignment.rollout import prompt_token_lengths
+    from grao_pipeline.alignment.tokens import prompt_token_lengths
 
     policy = load_policy()
     prompt_tokens = prompt_token_lengths(policy.tokenizer, result["questions"])[0]
     floor = floors(result, machine, cfg, precision, prompt_tokens)
-    from grao_pipeline.alignment import decoding, kernels
-    from grao_pipeline.alignment.sampler import sampling_copy
+    from grao_pipeline.alignment.generation import build_sampler
 
-    # What our trainers' sampling copy decodes with here (their decode_kernel is auto).
-    decode_step = ("fused kernel (alignment/kernels)" if decoding.fused(sampling_copy(policy.model, "auto", 2 * args.G))
-                   else f"lean Python loop over oneDNN-packed linears ({kernels.unavailable() or 'model unsupported'})")
+    # What our trainers' sampler decodes with here (their decode_kernel is auto).
+    decode_step = build_sampler(policy.model, "auto", 2 * args.G).why
     print(f"our decode step: {decode_step}")
     floor["generation_gemms_s"] = decode_gemms_s(policy.model, 2 * args.G, args.tokens, "auto")
     floor["generation_gemms_onednn_s"] = decode_gemms_s(policy.model, 2 * args.G, args.tokens, "off")

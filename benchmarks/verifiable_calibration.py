@@ -8,7 +8,6 @@ Prints the machine, greedy accuracy with a 95% bootstrap interval, and, from G
 samples at temperature 0.7 per problem, the share of groups with no reward variance.
 """
 
-import platform
 import sys
 import time
 
@@ -17,17 +16,17 @@ import torch
 
 from grao_pipeline.alignment.config import EvalConfig
 from grao_pipeline.alignment.evaluation import answer_prompts
+from grao_pipeline.alignment.generation import Sampler
+from grao_pipeline.alignment.hardware import cpu_name
 from grao_pipeline.alignment.metrics import bootstrap_ci
 from grao_pipeline.alignment.models import load_model
-from grao_pipeline.alignment.rollout import encode_prompts, sample_completions
-from grao_pipeline.alignment.verifiable import exact_answer_reward
+from grao_pipeline.alignment.rewards.verifiable import exact_answer_reward
+from grao_pipeline.alignment.tokens import encode_prompts
 
 model_dir = sys.argv[1] if len(sys.argv) > 1 else "data/06_models/base"
 g = int(sys.argv[2]) if len(sys.argv) > 2 else 4
 torch.set_num_threads(2)
-cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-            if line.startswith("model name")), platform.machine())
-print(f"machine: {cpu}, torch {torch.__version__}, "
+print(f"machine: {cpu_name()}, torch {torch.__version__}, "
       f"{torch.get_num_threads()} threads; model {model_dir}")
 policy = load_model(model_dir)
 test = datasets.load_from_disk("data/05_model_input/test")
@@ -45,7 +44,7 @@ zero_var = all_fail = 0
 for start in range(0, len(rows), 16):
     chunk = rows[start:start + 16]
     encoded = encode_prompts(policy.tokenizer, [r["prompt"] for r in chunk])
-    samples = sample_completions(policy.model, policy.tokenizer, encoded, g, 16, 0.7)
+    samples = Sampler.around(policy.model).sample(policy.tokenizer, encoded, g, 16, 0.7)
     scores = torch.tensor(reward([r["prompt"] for r in chunk for _ in range(g)], samples.texts,
                                  [r["reference"] for r in chunk for _ in range(g)],
                                  answer=[r["answer"] for r in chunk for _ in range(g)])).view(-1, g)

@@ -16,7 +16,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from grao_pipeline.alignment.models import gpt2_tokenizer
+    from tests.fixtures import gpt2_tokenizer
 
     return gpt2_tokenizer()
 
@@ -24,7 +24,7 @@ def tokenizer():
 @pytest.fixture
 def tiny(tokenizer):
     """A fresh 2-layer Llama (same seed every time) with the ChatML GPT-2 tokenizer."""
-    from grao_pipeline.alignment.models import tiny_model
+    from tests.fixtures import tiny_model
 
     return tiny_model(tokenizer, seed=0)
 

@@ -15,8 +15,9 @@ from kedro.framework.project import settings
 from kedro.pipeline import Pipeline
 from kedro.utils import find_kedro_project
 
-from grao_pipeline.alignment.config import CompareConfig, SensitivityConfig, TuningConfig
+from grao_pipeline.alignment.compare import CompareConfig
 from grao_pipeline.alignment.methods import registered_methods
+from grao_pipeline.alignment.tuning import SensitivityConfig, TuningConfig
 from grao_pipeline.hooks import active_parameters
 from grao_pipeline.pipelines import compare, data_processing, evaluation, reward_model, sft, tuning
 from grao_pipeline.pipelines.training import method_pipeline

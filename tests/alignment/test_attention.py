@@ -90,7 +90,7 @@ def test_larger_attention_and_dropout_are_sdpa_untouched(monkeypatch):
 
 def test_a_model_attends_with_it_inside_the_block_only(tokenizer):
     from grao_pipeline.alignment.attention import CPU_ATTENTION, cpu_attention_in
-    from grao_pipeline.alignment.models import tiny_model
+    from tests.fixtures import tiny_model
 
     model = tiny_model(tokenizer).model
     own = model.config._attn_implementation

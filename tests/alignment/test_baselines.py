@@ -8,14 +8,13 @@ import pytest
 import torch
 
 from grao_pipeline.alignment.advantages import gae, whiten
-from grao_pipeline.alignment.config import DPOConfig, GRAOConfig, GRPOConfig, PPOConfig
 from grao_pipeline.alignment.losses import dpo_loss, grpo_loss
-from grao_pipeline.alignment.methods.dpo import DPOMethod, synthetic_pairs
-from grao_pipeline.alignment.methods.grao import GRAOMethod
-from grao_pipeline.alignment.methods.grpo import GRPOMethod
-from grao_pipeline.alignment.methods.ppo import PPOMethod
-from grao_pipeline.alignment.models import tiny_model
+from grao_pipeline.alignment.methods.dpo import DPOConfig, DPOMethod, synthetic_pairs
+from grao_pipeline.alignment.methods.grao import GRAOMethod, GRAOMethodConfig
+from grao_pipeline.alignment.methods.grpo import GRPOConfig, GRPOMethod
+from grao_pipeline.alignment.methods.ppo import PPOConfig, PPOMethod
 from grao_pipeline.alignment.trainer import train
+from tests.fixtures import tiny_model
 from tests.helpers import length_reward
 
 ROLLOUT = dict(steps=1, prompts_per_step=2, num_generations=3, max_completion_tokens=6,
@@ -70,7 +69,7 @@ def make(method, tok, model):
         cfg = PPOConfig(**ROLLOUT, epochs_per_rollout=2)
         return PPOMethod(tok, length_reward, cfg, model.config.hidden_size), cfg
     if method == "grao":
-        cfg = GRAOConfig(**ROLLOUT)
+        cfg = GRAOMethodConfig(**ROLLOUT)
         return GRAOMethod(tok, length_reward, cfg), cfg
     cfg = DPOConfig(steps=1, batch_size=3, learning_rate=1e-3, weight_decay=0.0,
                     mixed_precision="fp32", show_progress=False, max_completion_tokens=6)

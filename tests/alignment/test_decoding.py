@@ -9,27 +9,23 @@ import pytest
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
-from grao_pipeline.alignment import decoding, rollout
 from grao_pipeline.alignment.attention import CPU_ATTENTION
-from grao_pipeline.alignment.models import tiny_model, tiny_moe_model
-from grao_pipeline.alignment.rollout import (
-    InverseCDFSampling,
-    encode_prompts,
-    prompt_cache,
-    sample_completions,
-)
-from grao_pipeline.alignment.sampler import packing_available, sampling_copy
+from grao_pipeline.alignment.generation import Sampler, decoding
+from grao_pipeline.alignment.generation import sampler as sampler_module
+from grao_pipeline.alignment.generation.packing import packing_available, sampling_copy
+from grao_pipeline.alignment.generation.sampling import InverseCDFSampling, sample_completions
+from grao_pipeline.alignment.logprobs import prompt_cache
+from grao_pipeline.alignment.tokens import encode_prompts
+from tests.fixtures import tiny_model, tiny_moe_model
 
 
 def both_loops(monkeypatch, model, tok, encoded, seed, **kwargs):
     """(generate's samples, the lean loop's samples), from the same seed."""
-    assert decoding.unsupported(model) is None
-    with monkeypatch.context() as patched:
-        patched.setattr(decoding, "unsupported", lambda model: "forced by the test")
-        torch.manual_seed(seed)
-        reference = sample_completions(model, tok, encoded, **kwargs)
+    assert decoding.choose_loop(model)[0] == decoding.LEAN
     torch.manual_seed(seed)
-    return reference, sample_completions(model, tok, encoded, **kwargs)
+    reference = sample_completions(model, tok, encoded, loop=decoding.GENERATE, **kwargs)
+    torch.manual_seed(seed)
+    return reference, sample_completions(model, tok, encoded, loop=decoding.LEAN, **kwargs)
 
 
 def cpu_attending(model):
@@ -120,11 +116,13 @@ def test_packed_sampling_copy(monkeypatch, tokenizer):
 
 
 def test_other_models_go_to_generate_and_it_is_logged(monkeypatch, tokenizer, caplog):
-    monkeypatch.setattr(rollout, "_announced", set())  # logged once per process otherwise
+    monkeypatch.setattr(sampler_module, "_announced", set())  # logged once per process otherwise
     moe = cpu_attending(tiny_moe_model(tokenizer, kind="mixtral").model)
     assert "model type 'mixtral'" in decoding.unsupported(moe)
     plain = tiny_model(tokenizer).model  # transformers' own attention (evaluation, say)
     assert "not 'grao_cpu'" in decoding.unsupported(plain)
-    with caplog.at_level(logging.INFO, logger=rollout.__name__):
-        sample_completions(moe, tokenizer, encode_prompts(tokenizer, ["hi"]), 2, 3)
-    assert any("generate: model type 'mixtral'" in r.getMessage() for r in caplog.records)
+    sampler = Sampler.around(moe)
+    assert sampler.loop == decoding.GENERATE
+    with caplog.at_level(logging.INFO, logger=sampler_module.__name__):
+        sampler.sample(tokenizer, encode_prompts(tokenizer, ["hi"]), 2, 3)
+    assert any("generate (model type 'mixtral'" in r.getMessage() for r in caplog.records)

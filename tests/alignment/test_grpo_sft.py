@@ -4,11 +4,10 @@ the hand-computed length-normalised NLL of y."""
 import pytest
 import torch
 
-from grao_pipeline.alignment.config import GRPOConfig, GRPOSFTConfig
-from grao_pipeline.alignment.methods.common import member_logps
-from grao_pipeline.alignment.methods.grpo import GRPOMethod
-from grao_pipeline.alignment.methods.grpo_sft import GRPOSFTMethod
-from grao_pipeline.alignment.models import tiny_model
+from grao_pipeline.alignment.methods.base import member_logps
+from grao_pipeline.alignment.methods.grpo import GRPOConfig, GRPOMethod
+from grao_pipeline.alignment.methods.grpo_sft import GRPOSFTConfig, GRPOSFTMethod
+from tests.fixtures import tiny_model
 from tests.helpers import length_reward
 
 ROLLOUT = dict(steps=1, prompts_per_step=2, num_generations=3, max_completion_tokens=6,

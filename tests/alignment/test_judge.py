@@ -5,14 +5,14 @@ import json
 import pandas as pd
 import pytest
 
-from grao_pipeline.alignment.judge import (
+from grao_pipeline.alignment.models import save_model
+from grao_pipeline.alignment.rewards.judge import (
     JudgeError,
     LocalBackend,
     OpenAIBackend,
     PairwiseJudgeReward,
     parse_verdict,
 )
-from grao_pipeline.alignment.models import save_model
 from tests.judge_server import ScriptedJudge, Served, free_port
 from tests.pipelines.conftest import TINY_RUN, kedro_run, project  # noqa: F401  (fixture)
 

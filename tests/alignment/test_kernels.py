@@ -1,4 +1,4 @@
-"""The fused CPU decode kernel (alignment/kernels): its packed layout, its GEMM against
+"""The fused CPU decode kernel (generation/kernels): its packed layout, its GEMM against
 float64, its decode step against the float32 policy (at least as close as the eager
 bf16 step is), and how the sampler chooses it. Skipped where the CPU lacks AVX512-BF16."""
 
@@ -8,16 +8,16 @@ import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from grao_pipeline.alignment import decoding, kernels
-from grao_pipeline.alignment import sampler as sampler_module
 from grao_pipeline.alignment.attention import CPU_ATTENTION
-from grao_pipeline.alignment.config import GRPOConfig
-from grao_pipeline.alignment.models import tiny_model, tiny_moe_model
-from grao_pipeline.alignment.rollout import completion_logits, encode_prompts, prompt_cache
-from grao_pipeline.alignment.sampler import sampling_copy
+from grao_pipeline.alignment.generation import decoding, kernels, packing
+from grao_pipeline.alignment.generation.packing import sampling_copy
+from grao_pipeline.alignment.logprobs import completion_logits, prompt_cache
+from grao_pipeline.alignment.methods.grpo import GRPOConfig
+from grao_pipeline.alignment.tokens import encode_prompts
+from tests.fixtures import tiny_model, tiny_moe_model
 
-needs_kernel = pytest.mark.skipif(kernels.unavailable() is not None,
-                                  reason=f"fused kernel: {kernels.unavailable()}")
+needs_kernel = pytest.mark.skipif(kernels.unsupported() is not None,
+                                  reason=f"fused kernel: {kernels.unsupported()}")
 
 
 @needs_kernel
@@ -92,7 +92,8 @@ def test_fused_step_tracks_the_float32_policy_as_closely_as_the_eager_bf16_step(
         forced = Forced(tokens)
         with torch.inference_mode():
             out = decoding.decode(sampler, ids, mask, prompt_cache(sampler, encoded.ids, encoded.mask, g),
-                                  steps, LogitsProcessorList([forced]), eos, tokenizer.pad_token_id)
+                                  steps, LogitsProcessorList([forced]), eos, tokenizer.pad_token_id,
+                                  fused_step=decoding.fused(sampler))
         assert torch.equal(out, tokens)
         got = torch.stack(forced.seen, dim=1)
         assert got.shape == want.shape
@@ -109,23 +110,26 @@ def test_auto_uses_the_kernel_where_it_runs_and_fused_fails_loudly_elsewhere(tok
     moe = tiny_moe_model(tokenizer, kind="mixtral").model
     with pytest.raises(RuntimeError, match="decode_kernel = 'fused'.*model type 'mixtral'"):
         sampling_copy(moe, "bfloat16", rows=4, decode_kernel="fused")
-    monkeypatch.setattr(sampler_module, "_announced", set())
-    with caplog.at_level(logging.INFO, logger=sampler_module.__name__):
+    monkeypatch.setattr(packing, "_announced", set())
+    with caplog.at_level(logging.INFO, logger=packing.__name__):
         assert not decoding.fused(sampling_copy(moe, "bfloat16", rows=4))
     assert any("not used for MixtralForCausalLM (model type 'mixtral'" in r.getMessage()
                for r in caplog.records)
-    with pytest.raises(ValueError, match="decode_kernel = 'fast'"):
-        sampling_copy(llama, "bfloat16", rows=4, decode_kernel="fast")
 
 
-def test_unavailable_names_the_missing_cpu_feature(monkeypatch):
-    monkeypatch.setattr(kernels, "_cpu_flags", lambda: {"avx2", "avx512f"})
-    kernels.unavailable.cache_clear()
-    try:
-        assert kernels.unavailable() == "the CPU lacks avx512_bf16, avx512bw, avx512vl"
-    finally:
-        monkeypatch.undo()
-        kernels.unavailable.cache_clear()
+def test_unsupported_names_the_missing_cpu_feature_and_compiles_nothing(monkeypatch):
+    import torch.utils.cpp_extension
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("asking whether the kernel can run must not build it")
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_build)
+    kernels.unsupported()  # on this machine, whatever the answer
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert kernels.unsupported() == "the CPU lacks avx512_bf16, avx512bw, avx512vl"
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: frozenset())
+    with pytest.raises(kernels.KernelBuildError, match="cannot run here: the CPU lacks"):
+        kernels.load.__wrapped__()
 
 
 def test_copies_of_the_source_share_one_build_and_an_edit_gets_its_own(monkeypatch, tmp_path):

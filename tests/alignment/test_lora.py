@@ -8,13 +8,15 @@ import pytest
 import torch
 from kedro.io import DatasetError
 
-from grao_pipeline.alignment.config import ConfigError, GRAOConfig
+from grao_pipeline.alignment.config import ConfigError
 from grao_pipeline.alignment.lora import AdaptersDisabled, has_adapters
-from grao_pipeline.alignment.methods import train_method
-from grao_pipeline.alignment.methods.common import start_policy_copy
-from grao_pipeline.alignment.models import load_model, tiny_model
-from grao_pipeline.alignment.rollout import encode_prompts
+from grao_pipeline.alignment.methods.base import start_policy_copy
+from grao_pipeline.alignment.methods.grao import GRAOMethodConfig
+from grao_pipeline.alignment.models import load_model
+from grao_pipeline.alignment.run import train_method
+from grao_pipeline.alignment.tokens import encode_prompts
 from grao_pipeline.io import HFModelDataset
+from tests.fixtures import tiny_model
 from tests.helpers import length_reward
 
 LORA = {"enabled": True, "rank": 4, "alpha": 8}
@@ -123,8 +125,12 @@ def test_a_resumed_lora_run_equals_an_uninterrupted_one(saved_base, rows, tmp_pa
 
 def test_gradient_checkpointing_changes_nothing_but_memory(saved_base, rows, tokenizer):
     plain_calls, checkpointed_calls = [], []
-    plain, plain_log, _ = grao(saved_base, rows, plain_calls)
-    checkpointed, log, _ = grao(saved_base, rows, checkpointed_calls, gradient_checkpointing=True)
+    # Generation on a copy of its own (as on a bf16 CPU), so the hook counts only the
+    # policy's scoring and update forwards, on any CPU.
+    copy = {"sampling_dtype": "bfloat16"}
+    plain, plain_log, _ = grao(saved_base, rows, plain_calls, **copy)
+    checkpointed, log, _ = grao(saved_base, rows, checkpointed_calls, gradient_checkpointing=True,
+                                **copy)
     # The plain run computes each prompt once (two forwards per log-prob call); under
     # checkpointing a call is one whole-row forward, and the layer ran again in each
     # backward: activations were recomputed, not stored.
@@ -146,9 +152,9 @@ def test_gradient_checkpointing_changes_nothing_but_memory(saved_base, rows, tok
 
 def test_lora_settings_are_validated():
     with pytest.raises(ConfigError, match="LoRAConfig.rank = 0"):
-        GRAOConfig(lora={"enabled": True, "rank": 0})
+        GRAOMethodConfig(lora={"enabled": True, "rank": 0})
     with pytest.raises(ConfigError, match="unexpected keyword argument 'rnak'"):
-        GRAOConfig(lora={"rnak": 4})
+        GRAOMethodConfig(lora={"rnak": 4})
 
 
 def test_unknown_target_modules_are_named(saved_base, rows):

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from grao_pipeline.alignment.advantages import group_advantages
+from grao_pipeline.alignment.logprobs import sequence_mean
 from grao_pipeline.alignment.losses import grao_loss, k3_kl, sft_loss
-from grao_pipeline.alignment.rollout import sequence_mean
 
 BETA, LAM = 0.5, 0.6
 

@@ -4,13 +4,12 @@ is off."""
 import pytest
 import torch
 
-from grao_pipeline.alignment.config import GRPOConfig, LUFFYConfig
 from grao_pipeline.alignment.losses import shaped_off_policy_loss
-from grao_pipeline.alignment.methods.common import member_logps
-from grao_pipeline.alignment.methods.grpo import GRPOMethod
-from grao_pipeline.alignment.methods.luffy import LUFFYMethod
-from grao_pipeline.alignment.models import tiny_model
+from grao_pipeline.alignment.methods.base import member_logps
+from grao_pipeline.alignment.methods.grpo import GRPOConfig, GRPOMethod
+from grao_pipeline.alignment.methods.luffy import LUFFYConfig, LUFFYMethod
 from tests.alignment.test_grpo_sft import ROLLOUT, loss_and_grads
+from tests.fixtures import tiny_model
 from tests.helpers import length_reward
 
 
@@ -54,5 +53,5 @@ def test_with_the_reference_in_the_group_the_loss_adds_its_shaped_term(tokenizer
             / batch.token_normaliser
     assert metrics["off_policy_loss"] == pytest.approx(by_hand.item(), rel=1e-5)
     assert loss.item() == pytest.approx(metrics["pg_loss"] + by_hand.item(), rel=1e-5)
-    with pytest.raises(ValueError, match="aggregation = 'grpo': must be 'dapo'"):
+    with pytest.raises(ValueError, match="aggregation = 'grpo': must be one of 'dapo'"):
         LUFFYConfig(**ROLLOUT, aggregation="grpo")

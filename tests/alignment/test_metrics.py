@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from grao_pipeline.alignment.metrics import bootstrap_ci, per_prompt_metrics, sequence_kl
-from grao_pipeline.alignment.models import tiny_model
-from grao_pipeline.alignment.rollout import encode_completions, encode_prompts
+from grao_pipeline.alignment.tokens import encode_completions, encode_prompts
+from tests.fixtures import tiny_model
 
 
 def test_bootstrap_of_a_constant_is_a_point():

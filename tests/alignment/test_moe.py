@@ -6,8 +6,8 @@ counts are logged. A dense model is untouched."""
 import pytest
 import torch
 
-from grao_pipeline.alignment.methods import train_method
-from grao_pipeline.alignment.models import tiny_model, tiny_moe_model
+from grao_pipeline.alignment.run import train_method
+from tests.fixtures import tiny_model, tiny_moe_model
 from tests.helpers import length_reward
 
 ROLLOUT = dict(steps=2, prompts_per_step=2, num_generations=2, max_completion_tokens=6,

@@ -4,11 +4,11 @@ import torch
 from grao_pipeline.alignment.config import RewardConfig
 from grao_pipeline.alignment.rewards import (
     CompositeReward,
-    PairwiseJudge,
     pairwise_verdicts,
     register_reward,
     resolve_reward,
 )
+from tests.fixtures import PairwiseJudge
 from tests.helpers import length_reward
 
 
@@ -70,9 +70,10 @@ def test_a_reward_reading_a_dataset_column_in_training_and_evaluation(tiny):
     reference never stands in for it."""
     import datasets
 
-    from grao_pipeline.alignment.config import EvalConfig, GRAOConfig
+    from grao_pipeline.alignment.config import EvalConfig
     from grao_pipeline.alignment.evaluation import answer_prompts, score_answers
-    from grao_pipeline.alignment.methods import train_method
+    from grao_pipeline.alignment.methods.grao import GRAOMethodConfig
+    from grao_pipeline.alignment.run import train_method
 
     seen = []
 
@@ -85,7 +86,7 @@ def test_a_reward_reading_a_dataset_column_in_training_and_evaluation(tiny):
     rewards = RewardConfig(components={"exact_answer_test": {"weight": 1.0}})
     rows = [{"prompt": f"What is {a} + {b}?", "reference": str(a + b + 1), "answer": str(a + b)}
             for a, b in ((2, 3), (4, 4), (1, 6), (5, 2))]
-    cfg = GRAOConfig(steps=2, prompts_per_step=2, num_generations=3, max_completion_tokens=4,
+    cfg = GRAOMethodConfig(steps=2, prompts_per_step=2, num_generations=3, max_completion_tokens=4,
                      learning_rate=1e-3, mixed_precision="fp32", show_progress=False, temperature=1.0)
     _, log, _ = train_method("grao", tiny, rows, {"grao": cfg}, CompositeReward(rewards))
     assert len(log) == 2
@@ -108,16 +109,18 @@ def test_a_reward_reading_a_dataset_column_in_training_and_evaluation(tiny):
 
 
 def test_the_finished_reward_reads_the_harness_column(tiny):
-    from grao_pipeline.alignment.config import GRAOConfig
-    from grao_pipeline.alignment.methods.common import rollout_and_score
-    from grao_pipeline.alignment.rewards import CompositeReward, finished_reward
+    from grao_pipeline.alignment.generation import Sampler
+    from grao_pipeline.alignment.methods.base import rollout_and_score
+    from grao_pipeline.alignment.methods.grao import GRAOMethodConfig
+    from grao_pipeline.alignment.rewards import CompositeReward
+    from grao_pipeline.alignment.rewards.builtin import finished_reward
 
     assert finished_reward(["q", "q"], ["a", "b"], ["y", "y"], finished=[True, False]) == [0.0, -1.0]
     reward = CompositeReward(RewardConfig(components={"finished": {"weight": 1.0}}))
-    cfg = GRAOConfig(prompts_per_step=2, num_generations=4, max_completion_tokens=3,
+    cfg = GRAOMethodConfig(prompts_per_step=2, num_generations=4, max_completion_tokens=3,
                      mixed_precision="fp32", show_progress=False)
     model, tok = tiny
-    rollout = rollout_and_score(model, tok, reward, [{"prompt": "hi?", "reference": "hello"},
+    rollout = rollout_and_score(Sampler.around(model), tok, reward, [{"prompt": "hi?", "reference": "hello"},
                                                      {"prompt": "tea?", "reference": "yes"}], cfg)
     # a random tiny model rarely emits EOS within 3 tokens: samples are cut, and each cut
     # one scores -1

@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from grao_pipeline.alignment.rollout import (
+from grao_pipeline.alignment.generation.sampling import sample_completions
+from grao_pipeline.alignment.logprobs import token_logps
+from grao_pipeline.alignment.tokens import (
     check_prompt_lengths,
     completion_mask,
     encode_completions,
     encode_prompts,
-    sample_completions,
-    token_logps,
 )
 
 EOS = 9
@@ -86,7 +86,7 @@ def test_prompt_longer_than_limit_is_refused(tokenizer):
 MEMORY_PROBE = """
 import json, sys, torch
 from transformers import AutoModelForCausalLM, LlamaConfig
-from grao_pipeline.alignment.rollout import completion_logits, token_logps
+from grao_pipeline.alignment.logprobs import completion_logits, token_logps
 torch.set_num_threads(1)
 torch.manual_seed(0)
 V, N, P, C = 150_000, 16, 8, 64
@@ -133,7 +133,7 @@ def test_log_probs_do_not_hold_a_full_vocabulary_log_softmax(tmp_path):
 
 
 def test_inverse_cdf_sampling_draws_from_the_tempered_softmax():
-    from grao_pipeline.alignment.rollout import InverseCDFSampling
+    from grao_pipeline.alignment.generation.sampling import InverseCDFSampling
 
     torch.manual_seed(0)
     logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -30.0, float("-inf")])
@@ -149,7 +149,7 @@ def test_inverse_cdf_sampling_draws_from_the_tempered_softmax():
 
 
 def test_suppress_eos_only_before_min_new_tokens():
-    from grao_pipeline.alignment.rollout import SuppressEOS
+    from grao_pipeline.alignment.generation.sampling import SuppressEOS
 
     suppress = SuppressEOS(eos=[1, 3], prompt_length=4, min_new_tokens=2)
     for length, suppressed in ((4, True), (5, True), (6, False)):
@@ -174,7 +174,8 @@ def test_prompt_run_once_equals_whole_rows_in_values_and_gradients(tiny, return_
     """member_logps' shared-prompt forward (prompt once, KV cache repeated per member;
     a one-token prompt has no cache and runs with each member) must give the whole-row
     forward's log-probs, hidden states and parameter gradients."""
-    from grao_pipeline.alignment.rollout import EncodedPrompts, shared_prompt_token_logps
+    from grao_pipeline.alignment.logprobs import shared_prompt_token_logps
+    from grao_pipeline.alignment.tokens import EncodedPrompts
 
     model, tok = tiny
     enc, ids, mask = _member_batch(tok)
@@ -209,7 +210,7 @@ def test_member_logps_shares_the_prompt_only_where_it_is_exact(tiny):
     B·M member rows of C positions (the last prompt token and the completion but its
     last token). B·M whole rows under activation checkpointing, whose recompute would
     extend the KV cache twice."""
-    from grao_pipeline.alignment.methods.common import member_logps
+    from grao_pipeline.alignment.methods.base import member_logps
 
     model, tok = tiny
     enc, ids, mask = _member_batch(tok)

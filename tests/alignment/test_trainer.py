@@ -7,23 +7,11 @@ import pytest
 import torch
 
 from grao_pipeline.alignment.checkpoints import CheckpointError
-from grao_pipeline.alignment.config import (
-    ConfigError,
-    DataConfig,
-    EvalConfig,
-    GRAOConfig,
-    RewardConfig,
-    SFTConfig,
-)
-from grao_pipeline.alignment.methods.grao import GRAOMethod
-from grao_pipeline.alignment.methods.sft import SFTMethod
-from grao_pipeline.alignment.models import tiny_model
-from grao_pipeline.alignment.trainer import (
-    StopTraining,
-    TrainingInterrupted,
-    latest_checkpoint,
-    train,
-)
+from grao_pipeline.alignment.config import ConfigError, DataConfig, EvalConfig, RewardConfig
+from grao_pipeline.alignment.methods.grao import GRAOMethod, GRAOMethodConfig
+from grao_pipeline.alignment.methods.sft import SFTConfig, SFTMethod
+from grao_pipeline.alignment.trainer import StopTraining, TrainingInterrupted, train
+from tests.fixtures import latest_checkpoint, tiny_model
 from tests.helpers import length_reward
 
 
@@ -31,7 +19,7 @@ def grao_cfg(**overrides):
     base = dict(steps=1, prompts_per_step=2, num_generations=3, max_completion_tokens=6,
                 learning_rate=1e-3, weight_decay=0.0, mixed_precision="fp32", show_progress=False,
                 temperature=1.0)
-    return GRAOConfig(**{**base, **overrides})
+    return GRAOMethodConfig(**{**base, **overrides})
 
 
 def sft_cfg(**overrides):
@@ -137,7 +125,7 @@ def test_resume_from_checkpoint_repeats_the_uninterrupted_run(tokenizer, rows, t
     ({"num_generations": 2.5}, "num_generations = 2.5: must be int, not float"),
     ({"num_generations": "abc"}, "num_generations = 'abc': must be int, not str"),
     ({"beta": True}, "beta = True: must be float, not bool"),
-    ({"mixed_precision": "no"}, "mixed_precision = 'no': must be Literal"),
+    ({"mixed_precision": "no"}, "mixed_precision = 'no': must be one of 'auto', 'bf16', 'fp32'"),
     ({"checkpoint_dir": 3}, "checkpoint_dir = 3: must be"),
 ])
 def test_invalid_parameters_are_refused_with_the_field_named(overrides, message):

@@ -7,16 +7,13 @@ import datasets
 import pytest
 import torch
 
-from grao_pipeline.alignment.config import GRAOConfig as OurGRAOConfig
+from grao_pipeline.alignment.generation.sampling import Samples
 from grao_pipeline.alignment.methods.grao import GRAOMethod
-from grao_pipeline.alignment.models import load_model, save_model, tiny_model
-from grao_pipeline.alignment.rollout import (
-    Samples,
-    completion_mask,
-    encode_completions,
-    encode_prompts,
-)
+from grao_pipeline.alignment.methods.grao import GRAOMethodConfig as OurGRAOConfig
+from grao_pipeline.alignment.models import load_model, save_model
+from grao_pipeline.alignment.tokens import completion_mask, encode_completions, encode_prompts
 from grao_pipeline.integrations.trl import GRAOConfig, GRAOTrainer
+from tests.fixtures import tiny_model
 
 # equal token lengths under the chat template: TRL's forward does not shift positions
 # for left padding, ours does; with no padding both agree

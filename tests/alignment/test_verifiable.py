@@ -5,7 +5,7 @@ import pytest
 
 from grao_pipeline.alignment.config import RewardConfig
 from grao_pipeline.alignment.rewards import CompositeReward
-from grao_pipeline.alignment.verifiable import (
+from grao_pipeline.alignment.rewards.verifiable import (
     arithmetic_problems,
     exact_answer_reward,
     final_integer,

@@ -17,11 +17,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from grao_pipeline.alignment.config import GRAOConfig, GRPOConfig
+from grao_pipeline.alignment.generation.sampling import Samples
 from grao_pipeline.alignment.methods import get_method
-from grao_pipeline.alignment.models import gpt2_tokenizer, tiny_model
-from grao_pipeline.alignment.rollout import Samples, completion_mask, encode_completions
+from grao_pipeline.alignment.methods.grao import GRAOMethodConfig
+from grao_pipeline.alignment.methods.grpo import GRPOConfig
+from grao_pipeline.alignment.tokens import completion_mask, encode_completions
 from grao_pipeline.alignment.trainer import train
+from tests.fixtures import gpt2_tokenizer, tiny_model
 
 PROMPTS = ["how are you?", "what is your dog called?", "do you like tea?", "where do you live?",
            "any plans this weekend?", "what music do you like?", "is it raining?", "cats or dogs?"]
@@ -55,7 +57,7 @@ def main() -> None:
     common = dict(steps=args.steps, prompts_per_step=4, num_generations=3, max_completion_tokens=6,
                   learning_rate=1e-3, weight_decay=0.0, mixed_precision="fp32", show_progress=False,
                   temperature=1.0)
-    cfg = (GRAOConfig(**common) if args.method == "grao"
+    cfg = (GRAOMethodConfig(**common) if args.method == "grao"
            else GRPOConfig(**common, kl_coef=0.04, aggregation=args.aggregation))
     method = get_method(args.method).build(tokenizer, length_reward, cfg, model)
     if args.completions == "fixed":

@@ -18,17 +18,14 @@ import pytest
 import yaml
 from nbclient import NotebookClient
 
-from grao_pipeline.alignment.config import CompareConfig, RolloutConfig
+from grao_pipeline.alignment.compare import CompareConfig
+from grao_pipeline.alignment.config import RolloutConfig
+from grao_pipeline.alignment.logprobs import token_logps
 from grao_pipeline.alignment.losses import sft_loss
-from grao_pipeline.alignment.methods import (
-    BaseMethod,
-    MethodSpec,
-    register_method,
-    unregister_method,
-)
+from grao_pipeline.alignment.methods import BaseMethod, MethodSpec, register_method
 from grao_pipeline.alignment.methods.sft import encode_answers
-from grao_pipeline.alignment.rollout import token_logps
 from grao_pipeline.pipelines.compare.nodes import markdown_table, training_signal_rows
+from tests.fixtures import unregister_method
 
 from .conftest import TINY_RUN, kedro_run
 
@@ -241,5 +238,7 @@ def test_the_markdown_table_names_an_unknown_metric():
 def test_methods_may_name_a_method_set():
     sets = {"noisy": ["grao", "luffy"]}
     assert CompareConfig(methods="noisy", method_sets=sets).methods == ["grao", "luffy"]
-    with pytest.raises(ValueError, match=r"names no set of method_sets \['noisy'\]"):
+    with pytest.raises(ValueError, match=r"'clean': names no set\. .*name a set of method_sets \(noisy\)"):
         CompareConfig(methods="clean", method_sets=sets)
+    with pytest.raises(ValueError, match=r"'grao': names a method, not a set\. Kedro's --params takes no lists"):
+        CompareConfig(methods="grao", method_sets=sets)

@@ -5,14 +5,15 @@ import json
 
 import pytest
 
-from grao_pipeline.alignment.config import RewardConfig, RewardModelConfig
-from grao_pipeline.alignment.reward_model import (
+from grao_pipeline.alignment.config import RewardConfig
+from grao_pipeline.alignment.rewards import CompositeReward
+from grao_pipeline.alignment.rewards.reward_model import (
+    RewardModelConfig,
     classifier_scores,
     pair_accuracy,
     reward_model_from_policy,
     train_reward_model,
 )
-from grao_pipeline.alignment.rewards import CompositeReward
 
 from .conftest import TINY_RUN, kedro_run
 

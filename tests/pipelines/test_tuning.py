@@ -24,8 +24,7 @@ from kedro.framework.session import KedroSession
 from optuna.trial import TrialState
 
 from grao_pipeline.alignment import tuning
-from grao_pipeline.alignment.config import StudyConfig
-from grao_pipeline.alignment.tuning import pruning_callback
+from grao_pipeline.alignment.tuning import StudyConfig, pruning_callback
 
 from .conftest import TINY_RUN, kedro_run
 
@@ -51,6 +50,16 @@ def finish(proc: subprocess.Popen) -> str:
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     return out
+
+
+@pytest.mark.slow
+def test_a_misspelt_search_space_key_is_refused_before_the_first_trial(project):
+    kedro_run(project, ["data_processing", "sft"])
+    space = {"beta": {"low": 0.0, "high": 1.0}, "lamda": {"low": 0.0, "high": 1.5}}
+    with pytest.raises(Exception, match=re.escape("search_space.lamda: 'grao' has no such setting; "
+                                                  "did you mean 'lam'?")):
+        kedro_run(project, ["tuning"], {**TINY_RUN, "tuning": {**TINY_TUNING, "search_space": space}})
+    assert not list((project / "data").rglob("optuna*")), "a study was opened"
 
 
 @pytest.mark.slow

@@ -14,20 +14,16 @@ import yaml
 from kedro.io import DatasetError
 
 from grao_pipeline.alignment.checkpoints import CheckpointError
-from grao_pipeline.alignment.config import (
-    ConfigError,
-    DataConfig,
-    EvalConfig,
-    GRAOConfig,
-    RewardConfig,
-    SFTConfig,
-)
-from grao_pipeline.alignment.methods.sft import SFTMethod
-from grao_pipeline.alignment.models import gpt2_tokenizer, load_model, save_model, tiny_model
+from grao_pipeline.alignment.config import ConfigError, DataConfig, EvalConfig, RewardConfig
+from grao_pipeline.alignment.methods.grao import GRAOMethodConfig
+from grao_pipeline.alignment.methods.sft import SFTConfig, SFTMethod
+from grao_pipeline.alignment.models import load_model, save_model
 from grao_pipeline.alignment.rewards import CompositeReward, pairwise_verdicts
 from grao_pipeline.alignment.trainer import train
+from grao_pipeline.alignment.tuning import TuningConfig
 from grao_pipeline.io import ChitchatDataset, HFLoadDataset, HFModelDataset
 from grao_pipeline.pipelines.data_processing.nodes import extract_pairs, split_rows
+from tests.fixtures import gpt2_tokenizer, tiny_model
 from tests.pipelines.conftest import TINY_RUN, kedro_run, project  # noqa: F401  (fixture)
 
 ROWS = [{"prompt": "how are you?", "reference": "fine"}, {"prompt": "tea?", "reference": "yes"}]
@@ -97,21 +93,23 @@ def resume_past_steps(tmp: Path):
 # (id, action taking tmp_path, exception type, message that names the bad thing)
 CASES = [
     # config: types before ranges, the field and the value named
-    ("silent: bool given as a string", lambda t: GRAOConfig(exploration="flase"),
-     ConfigError, "GRAOConfig.exploration = 'flase': must be bool, not str"),
-    ("int given as 2.5", lambda t: GRAOConfig(num_generations=2.5),
-     ConfigError, "GRAOConfig.num_generations = 2.5: must be int, not float"),
-    ("int given as text", lambda t: GRAOConfig(num_generations="abc"),
-     ConfigError, "GRAOConfig.num_generations = 'abc': must be int, not str"),
-    ("float given as bool", lambda t: GRAOConfig(beta=True),
-     ConfigError, "GRAOConfig.beta = True: must be float, not bool"),
+    ("silent: bool given as a string", lambda t: GRAOMethodConfig(exploration="flase"),
+     ConfigError, "GRAOMethodConfig.exploration = 'flase': must be bool, not str"),
+    ("int given as 2.5", lambda t: GRAOMethodConfig(num_generations=2.5),
+     ConfigError, "GRAOMethodConfig.num_generations = 2.5: must be int, not float"),
+    ("int given as text", lambda t: GRAOMethodConfig(num_generations="abc"),
+     ConfigError, "GRAOMethodConfig.num_generations = 'abc': must be int, not str"),
+    ("float given as bool", lambda t: GRAOMethodConfig(beta=True),
+     ConfigError, "GRAOMethodConfig.beta = True: must be float, not bool"),
     ("steps 0", lambda t: SFTConfig(steps=0), ConfigError, "SFTConfig.steps = 0: must be >= 1"),
-    ("G = 1", lambda t: GRAOConfig(num_generations=1), ConfigError, "num_generations = 1: G must be >= 2"),
+    ("G = 1", lambda t: GRAOMethodConfig(num_generations=1), ConfigError, "num_generations = 1: G must be >= 2"),
     ("precision 'no'", lambda t: SFTConfig(mixed_precision="no"),
-     ConfigError, "SFTConfig.mixed_precision = 'no': must be Literal"),
+     ConfigError, "SFTConfig.mixed_precision = 'no': must be one of 'auto', 'bf16', 'fp32'"),
     ("checkpoints without a folder", lambda t: SFTConfig(checkpoint_every=5),
      ConfigError, "SFTConfig.checkpoint_dir = None: is required when checkpoint_every > 0"),
     ("unknown data format", lambda t: DataConfig(format="csv"), ConfigError, "DataConfig.format = 'csv'"),
+    ("misspelt search-space key", lambda t: TuningConfig(search_space={"lamda": {"low": 0.0, "high": 1.0}}),
+     ConfigError, "TuningConfig.search_space.lamda: 'grao' has no such setting; did you mean 'lam'?"),
     ("do_sample as text", lambda t: EvalConfig(do_sample="yes"),
      ConfigError, "EvalConfig.do_sample = 'yes': must be bool"),
     # rewards

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from grao_pipeline.alignment.models import gpt2_tokenizer, tiny_model
 from grao_pipeline.io import HFModelDataset
+from tests.fixtures import gpt2_tokenizer, tiny_model
 from tests.pipelines.conftest import ROOT, TINY_RUN
 
 KILL_AT = Path(__file__).with_name("kill_at.py")

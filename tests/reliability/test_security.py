@@ -9,11 +9,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from grao_pipeline.alignment.config import SFTConfig
-from grao_pipeline.alignment.methods.sft import SFTMethod
-from grao_pipeline.alignment.models import tiny_model
-from grao_pipeline.alignment.rewards import SentenceEmbedder
+from grao_pipeline.alignment.methods.sft import SFTConfig, SFTMethod
+from grao_pipeline.alignment.rewards.builtin import SentenceEmbedder
 from grao_pipeline.alignment.trainer import train
+from tests.fixtures import tiny_model
 
 
 def test_resume_unpickles_nothing_but_weights(tokenizer, rows, tmp_path, monkeypatch):

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from grao_pipeline.alignment.config import GRAOConfig
-from grao_pipeline.alignment.methods.grao import GRAOMethod
-from grao_pipeline.alignment.models import tiny_model
+from grao_pipeline.alignment.methods.grao import GRAOMethod, GRAOMethodConfig
 from grao_pipeline.alignment.trainer import train
+from tests.fixtures import tiny_model
 from tests.helpers import length_reward
 
 
@@ -28,7 +27,7 @@ def folder_mb(path: Path) -> float:
 
 @pytest.mark.slow
 def test_200_steps_keep_memory_flat_and_disk_bounded(tokenizer, rows, tmp_path):
-    cfg = GRAOConfig(steps=200, prompts_per_step=2, num_generations=3, max_completion_tokens=6,
+    cfg = GRAOMethodConfig(steps=200, prompts_per_step=2, num_generations=3, max_completion_tokens=6,
                      learning_rate=1e-4, mixed_precision="fp32", show_progress=False,
                      checkpoint_dir=str(tmp_path), checkpoint_every=5, checkpoints_to_keep=2)
     model, tok = tiny_model(tokenizer, seed=0)

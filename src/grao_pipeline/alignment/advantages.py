@@ -1,6 +1,6 @@
 """Group-relative advantages (GRAO, GRPO) and GAE (PPO).
 
-Choices for GRAO (../shared/GRAO.md §2, step 3), each explicit here:
+Choices for GRAO (docs/method.md, "One step", step 3), each explicit here:
 - The group is {o_1..o_G, y} by default: the reference answer's reward r_y joins the
   mean and the std. ``include_reference=False`` computes the statistics over the G
   samples only; y still gets an advantage, measured against the samples' statistics.

@@ -5,13 +5,13 @@
 - One-token queries (decoding): SDPA on the packed query. transformers 5 packs it that
   way itself only with an attention mask; without one it asked SDPA for grouped-query
   attention, ~330 µs per call against ~65 µs (8 rows, 9 query and 3 key/value heads, 70
-  positions; benchmarks/NOTES.md).
+  positions; docs/perf-log.md).
 - Small multi-token attention (the update's forwards at RL batch sizes, at most
   ``EXPLICIT_MAX_WEIGHTS`` attention weights per layer): softmax(q·kᵀ·scale) v written
   out, with the softmax in float32. SDPA's CPU flash kernel has fixed costs that
   dominate there: forward + backward on 8 rows × 48 queries × 84 keys took 7.1 ms where
   the explicit form takes 2.3 ms; above ~4M weights flash is faster, and it never
-  holds the weights (benchmarks/NOTES.md, sixth session).
+  holds the weights (docs/perf-log.md).
 - Everything else (larger attention, dropout, attention sinks, soft-capping, position
   biases, float masks) is transformers' SDPA unchanged.
 """

@@ -33,6 +33,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from safetensors import safe_open
 
 from grao_pipeline.alignment.config import TrainConfig
@@ -186,3 +188,44 @@ def write_state(folder: Path, step: int, log: list[dict], cfg: TrainConfig,
 def rotate(checkpoint_dir: Path, keep: int) -> None:
     for old in step_folders(checkpoint_dir)[:-keep]:
         shutil.rmtree(old)
+
+
+def save(accelerator: Accelerator, cfg: TrainConfig, step: int, log: list[dict],
+                     fingerprints: dict[str, str]) -> Path:
+    """Every rank writes its part into one temporary folder; the main process then
+    writes the trainer state, renames the folder into place and rotates old ones."""
+    root = Path(cfg.checkpoint_dir)
+    final = root / f"step-{step:06d}"
+    tmp = root / f".tmp-step-{step:06d}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_state(tmp, step, log, cfg, fingerprints)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        rotate(root, cfg.checkpoints_to_keep)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resume_point(accelerator: Accelerator, cfg: TrainConfig,
+                  fingerprints: dict[str, str]) -> tuple[Path, dict] | None:
+    """The main process chooses (it may move folders aside); every rank gets its answer,
+    or its error, so no rank waits forever on one that raised."""
+    found: list = [None]
+    if accelerator.is_main_process:
+        try:
+            found = [find_resumable(cfg, fingerprints)]
+        except CheckpointError as err:
+            found = [err]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(found)
+    if isinstance(found[0], Exception):
+        raise found[0]
+    return found[0]
+

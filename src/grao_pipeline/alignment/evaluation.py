@@ -9,15 +9,11 @@ import torch
 from tqdm.auto import tqdm
 
 from grao_pipeline.alignment.config import EvalConfig, RewardConfig
+from grao_pipeline.alignment.generation import Sampler
 from grao_pipeline.alignment.metrics import sequence_kl
 from grao_pipeline.alignment.models import ModelAndTokenizer, context_length
 from grao_pipeline.alignment.rewards import CompositeReward, pairwise_verdicts
-from grao_pipeline.alignment.rollout import (
-    check_prompt_lengths,
-    encode_completions,
-    encode_prompts,
-    sample_completions,
-)
+from grao_pipeline.alignment.tokens import check_prompt_lengths, encode_completions, encode_prompts
 
 # What ``answer_prompts`` writes; any other column of its frame is a dataset column
 # (e.g. a ground-truth ``answer``), kept so rewards can read it.
@@ -48,11 +44,12 @@ def answer_prompts(policy: ModelAndTokenizer, test_set: datasets.Dataset, params
                          context_length(model))
     torch.manual_seed(params.seed)
     model.eval()
+    sampler = Sampler.around(model)
     completions, lengths, truncated, kl = [], [], [], []
     for start in tqdm(range(0, len(prompts), params.batch_size), desc="answering", leave=False):
         encoded = encode_prompts(tok, prompts[start:start + params.batch_size])
-        samples = sample_completions(model, tok, encoded, 1, params.max_new_tokens,
-                                     params.temperature, do_sample=params.do_sample)
+        samples = sampler.sample(tok, encoded, 1, params.max_new_tokens, params.temperature,
+                                 do_sample=params.do_sample)
         completions += samples.texts
         lengths += samples.mask.sum(1).tolist()
         truncated += samples.truncated.tolist()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from grao_pipeline.alignment.rollout import sequence_mean
+from grao_pipeline.alignment.logprobs import sequence_mean
 
 
 def sft_loss(logps: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -47,7 +47,7 @@ def grao_loss(
     kl_per_token: torch.Tensor | None = None,
     kl_coef: float = 0.0,
 ) -> tuple[torch.Tensor, dict]:
-    """GRAO loss, the negative of ../shared/GRAO.md §2's objective, averaged over prompts:
+    """GRAO loss, the negative of the objective in docs/method.md, averaged over prompts:
 
         J = (1/G) Σ_i [ Â_i·ℓ(o_i)  +  β·Â_y·ℓ(y)  +  λ·Â_i·(ℓ(o_i) − ℓ(y)) ]
               exploration   imitation      alignment regulariser

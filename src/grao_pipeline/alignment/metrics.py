@@ -1,4 +1,4 @@
-"""Evaluation metrics (../shared/GRAO.md §5): RAS, win/tie/loss, NAG, KL, bootstrap CIs.
+"""Evaluation metrics (docs/method.md, "Metrics"): RAS, win/tie/loss, NAG, KL, bootstrap CIs.
 
 All per-prompt quantities are vectors over prompts; every summary is a mean of such a
 vector with a percentile-bootstrap 95% interval over prompts.
@@ -10,7 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from grao_pipeline.alignment.rollout import EncodedPrompts, completion_logits
+from grao_pipeline.alignment.logprobs import completion_logits
+from grao_pipeline.alignment.tokens import EncodedPrompts
 
 
 def _weighted_means(x: np.ndarray, w: np.ndarray, axis) -> np.ndarray:
@@ -106,7 +107,7 @@ def per_prompt_metrics(rewards, verdicts_vs_reference, verdicts_vs_start, kl,
 
 
 @torch.no_grad()
-def sequence_kl(model, start_model, prompts: EncodedPrompts, completion_ids: torch.Tensor,
+def sequence_kl(model, start_policy, prompts: EncodedPrompts, completion_ids: torch.Tensor,
                 completion_mask: torch.Tensor, chunk: int = 8) -> torch.Tensor:
     """Σ_t KL(π(·|ctx_t) || π_0(·|ctx_t)) along each completion, exact over the vocabulary.
 
@@ -118,7 +119,7 @@ def sequence_kl(model, start_model, prompts: EncodedPrompts, completion_ids: tor
         args = (prompts.ids[s:s + chunk], prompts.mask[s:s + chunk],
                 completion_ids[s:s + chunk], completion_mask[s:s + chunk])
         lp = F.log_softmax(completion_logits(model, *args).float(), dim=-1)
-        lq = F.log_softmax(completion_logits(start_model, *args).float(), dim=-1)
+        lq = F.log_softmax(completion_logits(start_policy, *args).float(), dim=-1)
         kl_t = (lp.exp() * (lp - lq)).sum(-1)
         out.append((kl_t * completion_mask[s:s + chunk]).sum(-1))
     return torch.cat(out)

@@ -41,28 +41,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import math
-import os
-import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
 from grao_pipeline.alignment import checkpoints
 from grao_pipeline.alignment.attention import cpu_attention_in
 from grao_pipeline.alignment.config import TrainConfig
+from grao_pipeline.alignment.hardware import mixed_precision
 from grao_pipeline.alignment.moe import RouterLoss
 
 logger = logging.getLogger(__name__)
@@ -109,36 +105,6 @@ class Method(Protocol):
 class TrainResult:
     model: torch.nn.Module
     log: list[dict]
-
-
-@functools.cache  # asked on every step's autocast; the hardware does not change in a process
-def bf16_supported() -> bool:
-    """Native bf16 matmuls: a bf16-capable GPU, or a CPU with AVX512-BF16 or AMX."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_mixed_precision(setting: str) -> str:
-    """``auto`` -> ``bf16`` where it is native, else ``fp32``."""
-    if setting == "auto":
-        return "bf16" if bf16_supported() else "fp32"
-    return setting
-
-
-def mixed_precision(setting: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast around a step's forwards (rollout scoring and the loss), or nothing.
-
-    Our own autocast rather than accelerate's ``mixed_precision``: accelerate also
-    converts every model output to float32, which made a float32 copy of the
-    [N, C, V] logits that ``selective_log_softmax`` exists to avoid; in the benchmark's
-    GRAO step that copy (92 MB) and its gradient's cast set the peak RSS."""
-    return torch.autocast(device.type, dtype=torch.bfloat16,
-                          enabled=resolve_mixed_precision(setting) == "bf16")
 
 
 def make_accelerator() -> Accelerator:
@@ -191,52 +157,6 @@ def _weighted_mean(parts: list[tuple[dict, int]]) -> dict:
     total = sum(n for _, n in parts)
     keys = parts[0][0].keys()
     return {k: sum(m[k] * n for m, n in parts) / total for k in keys}
-
-
-def latest_checkpoint(checkpoint_dir: str | Path | None) -> Path | None:
-    """Newest checkpoint folder, or None (not verified: see ``checkpoints.verify``)."""
-    found = checkpoints.step_folders(checkpoint_dir)
-    return found[-1] if found else None
-
-
-def _save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, step: int, log: list[dict],
-                     fingerprints: dict[str, str]) -> Path:
-    """Every rank writes its part into one temporary folder; the main process then
-    writes the trainer state, renames the folder into place and rotates old ones."""
-    root = Path(cfg.checkpoint_dir)
-    final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}"
-    if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        checkpoints.write_state(tmp, step, log, cfg, fingerprints)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        checkpoints.rotate(root, cfg.checkpoints_to_keep)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def _resume_point(accelerator: Accelerator, cfg: TrainConfig,
-                  fingerprints: dict[str, str]) -> tuple[Path, dict] | None:
-    """The main process chooses (it may move folders aside); every rank gets its answer,
-    or its error, so no rank waits forever on one that raised."""
-    found: list = [None]
-    if accelerator.is_main_process:
-        try:
-            found = [checkpoints.find_resumable(cfg, fingerprints)]
-        except checkpoints.CheckpointError as err:
-            found = [err]
-    if accelerator.num_processes > 1:
-        broadcast_object_list(found)
-    if isinstance(found[0], Exception):
-        raise found[0]
-    return found[0]
 
 
 class _StopSignals:
@@ -380,7 +300,7 @@ def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainCo
     extra = list(method.extra_modules)
     trainable = [p for m in (model, *extra) for p in m.parameters() if p.requires_grad]
     # fused: one kernel over all parameters; measured 0.49 s -> 0.07 s per step on 135M
-    # parameters on a 2-core CPU (benchmarks/NOTES.md).
+    # parameters on a 2-core CPU (docs/perf-log.md).
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   fused=True)
     warmup = cfg.warmup_steps
@@ -401,7 +321,7 @@ def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainCo
                         "training rows": checkpoints.rows_fingerprint(rows),
                         "reward and other settings": checkpoints.rows_fingerprint([dict(context or {})])}
         start_step, history = 0, []
-        found = _resume_point(accelerator, cfg, fingerprints) if cfg.checkpoint_dir else None
+        found = checkpoints.resume_point(accelerator, cfg, fingerprints) if cfg.checkpoint_dir else None
         if found is not None:
             checkpoint, state = found
             accelerator.load_state(str(checkpoint))
@@ -425,7 +345,7 @@ def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainCo
                     last = step + 1 == cfg.steps
                     if cfg.checkpoint_dir and (interrupted or (cfg.checkpoint_every and (
                             (step + 1) % cfg.checkpoint_every == 0 or last))):
-                        saved = _save_checkpoint(accelerator, cfg, step + 1, history, fingerprints)
+                        saved = checkpoints.save(accelerator, cfg, step + 1, history, fingerprints)
                     if interrupted:
                         where = (f"checkpoint saved at {saved}; rerun the same command to resume"
                                  if cfg.checkpoint_dir else "no checkpoint_dir is set, so nothing was saved")

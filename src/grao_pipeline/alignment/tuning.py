@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import logging
 import os
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import datasets
 import numpy as np
@@ -43,19 +45,143 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from grao_pipeline.alignment.config import (
+    ConfigError,
     EvalConfig,
     RewardConfig,
-    SensitivityConfig,
-    StudyConfig,
-    TuningConfig,
+    check_types,
+    require,
 )
 from grao_pipeline.alignment.evaluation import answer_prompts, score_answers
-from grao_pipeline.alignment.methods import train_method
+from grao_pipeline.alignment.methods import parameter_sections, registered_methods
 from grao_pipeline.alignment.models import ModelAndTokenizer
 from grao_pipeline.alignment.rewards import CompositeReward
+from grao_pipeline.alignment.run import train_method
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass
+class StudyConfig:
+    """What every Optuna study here shares: the method, the objective, the storage and
+    the budget of one trial (see alignment/tuning.py)."""
+
+    method: str = "grao"
+    """Registered method each trial trains from the SFT warm start."""
+    objective: Literal["mean_reward", "ras"] = "mean_reward"
+    """Validation score maximised: mean reward, or RAS (win rate against y)."""
+    study_name: str = "grao-beta-lambda"
+    """Name of the study in the storage; reusing it resumes the study."""
+    storage: str = "sqlite:///data/09_tuning/optuna.db"
+    """``sqlite:///<path>`` (one process), ``journal:<path>`` (several processes on one
+    machine: JournalFileBackend), any SQLAlchemy URL such as
+    ``postgresql+psycopg://user@host/db`` (several machines), or ``env:<VAR>`` to read
+    the URL from an environment variable (keeps passwords out of conf/base)."""
+    steps: int = 8
+    """Optimiser steps per trial (the trial's budget)."""
+    eval_prompts: int = 24
+    """Validation prompts scored per evaluation (never the test split)."""
+    heartbeat_interval: int = 10
+    """Seconds between a running trial's heartbeats (RDB storages only)."""
+    grace_period: int = 30
+    """A running trial with no heartbeat for this long is failed and retried."""
+    max_retry: int = 2
+    """Retries of a trial whose worker died."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        require(self.method in registered_methods(), self, "method",
+                f"must be a registered method: {', '.join(registered_methods())}")
+        require(bool(self.study_name), self, "study_name", "must be non-empty")
+        require(self.storage.startswith(("sqlite:///", "journal:", "env:")) or "://" in self.storage,
+                self, "storage", "must be sqlite:///<path>, journal:<path>, env:<VAR> or a "
+                "SQLAlchemy URL")
+        require(self.steps >= 1, self, "steps", "must be >= 1")
+        require(self.eval_prompts >= 2, self, "eval_prompts", "must be >= 2")
+        require(self.heartbeat_interval >= 1, self, "heartbeat_interval", "must be >= 1")
+        require(self.grace_period > self.heartbeat_interval, self, "grace_period",
+                "must exceed heartbeat_interval")
+        require(self.max_retry >= 0, self, "max_retry", "must be >= 0")
+
+
+@dataclass
+class TuningConfig(StudyConfig):
+    """``kedro run --pipelines tuning``: a resumable, prunable study of β and λ."""
+
+    search_space: dict[str, dict] = field(default_factory=lambda: {
+        "beta": {"low": 0.0, "high": 2.0, "log": False},
+        "lam": {"low": 0.0, "high": 1.5, "log": False}})
+    """Config field -> ``{low, high, log}`` (float; ``int: true`` for integers such as
+    ``num_generations``) or ``{choices: [...]}``. Any field of the method's config:
+    ``learning_rate``, ``num_generations``, ``temperature``..."""
+    search: Literal["tpe", "random"] = "tpe"
+    """How trials are proposed: TPE (Optuna's default sampler, seeded) or random search."""
+    search_seed: int = 0
+    """Seed of the search, so a study is reproducible."""
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    """Stops trials whose intermediate validation score is poor."""
+    pruner_startup_trials: int = 3
+    """MedianPruner: trials completed before any pruning."""
+    pruner_warmup_steps: int = 0
+    """MedianPruner: steps of a trial before it can be pruned."""
+    eval_every: int = 4
+    """Report an intermediate validation score to the pruner every k steps."""
+    n_trials: int = 12
+    """Finished trials (complete or pruned) the study stops at, over all workers."""
+    timeout: float | None = None
+    """Seconds this worker may run before it stops starting trials; None = no limit."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, space in self.search_space.items():
+            ok = isinstance(space, dict) and (
+                ("choices" in space and bool(space["choices"])) or
+                ({"low", "high"} <= set(space) and space["low"] < space["high"]))
+            if not ok:
+                raise ConfigError(f"TuningConfig.search_space.{name} = {space!r}: needs "
+                                  "{low, high (> low), log} or {choices: [...]}")
+            if space.get("log") and space.get("low", 1) <= 0:
+                raise ConfigError(f"TuningConfig.search_space.{name}: a log range needs low > 0")
+        require(bool(self.search_space), self, "search_space", "needs at least one parameter")
+        known = {f.name for cls in parameter_sections(self.method).values() for f in fields(cls)}
+        for name in self.search_space:
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                raise ConfigError(f"TuningConfig.search_space.{name}: {self.method!r} has no such "
+                                  "setting" + (f"; did you mean {close[0]!r}?" if close else
+                                               f"; its settings are {', '.join(sorted(known))}"))
+        require(self.pruner_startup_trials >= 0, self, "pruner_startup_trials", "must be >= 0")
+        require(self.pruner_warmup_steps >= 0, self, "pruner_warmup_steps", "must be >= 0")
+        require(self.eval_every >= 1, self, "eval_every", "must be >= 1")
+        require(self.n_trials >= 1, self, "n_trials", "must be >= 1")
+        require(self.timeout is None or self.timeout > 0, self, "timeout", "must be > 0 or null")
+
+
+@dataclass
+class SensitivityConfig(StudyConfig):
+    """``kedro run --pipelines sensitivity``: a grid over β × λ, the centre cell
+    repeated over seeds so the map shows its own noise."""
+
+    study_name: str = "grao-sensitivity"
+    """Name of the grid study in the storage; reusing it resumes the grid."""
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0])
+    """β values of the grid (0 = the no-imitation ablation)."""
+    lams: list[float] = field(default_factory=lambda: [0.0, 0.3, 0.6, 1.2])
+    """λ values of the grid (0 = the no-regulariser ablation)."""
+    centre: dict[str, float] = field(default_factory=lambda: {"beta": 0.5, "lam": 0.6})
+    """The cell repeated over seeds (the paper's values)."""
+    centre_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Training seeds of the centre cell; every other cell runs the first seed."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(len(self.betas) >= 1 and len(self.lams) >= 1, self, "betas",
+                "betas and lams need a value each at least")
+        require(self.centre.get("beta") in self.betas and self.centre.get("lam") in self.lams,
+                self, "centre", "must be a cell of the grid")
+        require(len(set(self.centre_seeds)) >= 2, self, "centre_seeds",
+                "needs at least 2 distinct seeds to measure seed noise")
+
 
 
 def storage_url(setting: str) -> str:
@@ -144,7 +270,7 @@ def pruning_callback(trial: optuna.Trial, policy: ModelAndTokenizer, score: Call
     return report
 
 
-def trial_objective(cfg: StudyConfig, warm_start: ModelAndTokenizer, rows: list[dict],
+def trial_objective(cfg: StudyConfig, start_policy: ModelAndTokenizer, rows: list[dict],
                     sections: Mapping[str, Any], score: ValidationScore,
                     space: Callable[[optuna.Trial], dict[str, Any]], eval_every: int | None
                     ) -> Callable[[optuna.Trial], float]:
@@ -154,7 +280,7 @@ def trial_objective(cfg: StudyConfig, warm_start: ModelAndTokenizer, rows: list[
 
     def objective(trial: optuna.Trial) -> float:
         values = space(trial)
-        policy = ModelAndTokenizer(copy.deepcopy(warm_start.model), warm_start.tokenizer)
+        policy = ModelAndTokenizer(copy.deepcopy(start_policy.model), start_policy.tokenizer)
         changes = {"steps": cfg.steps, "checkpoint_dir": None, "checkpoint_every": 0,
                    "resume": False, "show_progress": False, **values}
         callbacks = ([pruning_callback(trial, policy, score, eval_every, cfg.steps)]
@@ -167,10 +293,10 @@ def trial_objective(cfg: StudyConfig, warm_start: ModelAndTokenizer, rows: list[
     return objective
 
 
-def open_study(cfg: StudyConfig, sampler: optuna.samplers.BaseSampler,
+def open_study(cfg: StudyConfig, search: optuna.samplers.BaseSampler,
                pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
     return optuna.create_study(study_name=cfg.study_name, storage=make_storage(cfg),
-                               sampler=sampler, pruner=pruner, direction="maximize",
+                               sampler=search, pruner=pruner, direction="maximize",
                                load_if_exists=True)
 
 
@@ -183,14 +309,14 @@ def make_pruner(cfg: TuningConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def run_tuning(cfg: TuningConfig, warm_start: ModelAndTokenizer, rows: list[dict],
+def run_tuning(cfg: TuningConfig, start_policy: ModelAndTokenizer, rows: list[dict],
                sections: Mapping[str, Any], score: ValidationScore) -> optuna.Study:
     """Add trials to the study until it has ``n_trials`` finished ones (over every
     worker) or ``timeout`` passes; resumes whatever the storage already holds."""
-    sampler = (optuna.samplers.TPESampler(seed=cfg.sampler_seed) if cfg.sampler == "tpe"
-               else optuna.samplers.RandomSampler(seed=cfg.sampler_seed))
-    study = open_study(cfg, sampler, make_pruner(cfg))
-    objective = trial_objective(cfg, warm_start, rows, sections, score,
+    search = (optuna.samplers.TPESampler(seed=cfg.search_seed) if cfg.search == "tpe"
+              else optuna.samplers.RandomSampler(seed=cfg.search_seed))
+    study = open_study(cfg, search, make_pruner(cfg))
+    objective = trial_objective(cfg, start_policy, rows, sections, score,
                                 lambda t: suggest(t, cfg.search_space), cfg.eval_every)
     if _finished(study) < cfg.n_trials:
         study.optimize(objective, timeout=cfg.timeout, gc_after_trial=True,
@@ -199,7 +325,7 @@ def run_tuning(cfg: TuningConfig, warm_start: ModelAndTokenizer, rows: list[dict
     return study
 
 
-def run_sensitivity(cfg: SensitivityConfig, warm_start: ModelAndTokenizer, rows: list[dict],
+def run_sensitivity(cfg: SensitivityConfig, start_policy: ModelAndTokenizer, rows: list[dict],
                     sections: Mapping[str, Any], score: ValidationScore) -> list[optuna.Study]:
     """Every cell of β × λ on the first seed, plus the centre cell on the other seeds:
     one GridSampler study each, in one storage (``<study_name>`` and ``-centre``)."""
@@ -210,7 +336,7 @@ def run_sensitivity(cfg: SensitivityConfig, warm_start: ModelAndTokenizer, rows:
         study = open_study(dataclasses.replace(cfg, study_name=name),
                            optuna.samplers.GridSampler(space, seed=0))
         objective = trial_objective(
-            cfg, warm_start, rows, sections, score,
+            cfg, start_policy, rows, sections, score,
             lambda t, s=space: {k: t.suggest_categorical(k, v) for k, v in s.items()}, None)
         cells = int(np.prod([len(v) for v in space.values()]))
         if _finished(study) < cells:

@@ -4,7 +4,7 @@
    member G+1;
 2. it is scored by the same reward functions, through TRL's own ``_calculate_rewards``;
 3. the loss is ``alignment.losses.grao_loss`` on ``alignment.advantages.group_advantages``
-   over {o_1..o_G, y} (../shared/GRAO.md §2).
+   over {o_1..o_G, y} (docs/method.md).
 
 Everything else is TRL's: generation (HF or vLLM, or a ``rollout_func``), accelerate and
 DeepSpeed, peft, logging, checkpoints. So a TRL user writes
@@ -39,7 +39,7 @@ from trl.data_utils import is_conversational
 
 from grao_pipeline.alignment.advantages import group_advantages
 from grao_pipeline.alignment.losses import grao_loss, k3_kl
-from grao_pipeline.alignment.rollout import encode_completions
+from grao_pipeline.alignment.tokens import encode_completions
 
 
 @dataclass

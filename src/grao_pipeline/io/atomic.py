@@ -1,11 +1,8 @@
 """Outputs that are either complete or absent: no half-written file for a later run or
 ``dvc`` to take as finished.
 
-``replace_atomically(final, write)`` has ``write`` fill a temporary sibling
-(``.<name>.tmp-<pid>``), then renames it over ``final`` (a file with one ``os.replace``;
-a folder by moving the old one aside first). Leftover temporaries of a killed run are
-removed on the next save of the same output, unless the process named in their suffix
-still runs (Optuna workers may save the same report at once).
+Each save goes through ``alignment.files.replace_atomically``: a temporary sibling,
+then one rename over the final path.
 
 The catalog uses the ``kedro-datasets`` types below, each the library's own class with
 its save routed through ``replace_atomically`` on the local filesystem. Object stores
@@ -14,9 +11,6 @@ its save routed through ``replace_atomically`` on the local filesystem. Object s
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -28,46 +22,7 @@ from kedro_datasets.pandas import JSONDataset as _PandasJSONDataset
 from kedro_datasets.text import TextDataset as _TextDataset
 from kedro_datasets.yaml import YAMLDataset as _YAMLDataset
 
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def _writer_alive(leftover: Path) -> bool:
-    """Whether the process named by a temporary's ``-<pid>`` suffix still runs (Optuna
-    workers share a data directory and may save the same report at once)."""
-    pid = leftover.name.rsplit("-", 1)[-1]
-    if not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def replace_atomically(final: str | Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp)`` and move ``tmp`` to ``final`` in one step."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for pattern in (f".{final.name}.tmp-*", f".{final.name}.old-*"):
-        for leftover in final.parent.glob(pattern):
-            if not _writer_alive(leftover):
-                _remove(leftover)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    write(tmp)
-    if tmp.is_dir() and final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        _remove(old)
-    else:
-        os.replace(tmp, final)
+from grao_pipeline.alignment.files import replace_atomically
 
 
 class _AtomicSave:

@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 from kedro.io import AbstractDataset, DatasetError
 
+from grao_pipeline.alignment.files import replace_atomically
 from grao_pipeline.alignment.models import (
     ModelAndTokenizer,
     import_gguf,
@@ -20,7 +21,6 @@ from grao_pipeline.alignment.models import (
     package_dir,
     save_model,
 )
-from grao_pipeline.io.atomic import replace_atomically
 
 
 def _path_or_source(kind: str, path: str | None, source: str | None) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import datasets
 from kedro.io import AbstractDataset, DatasetError
 
-from grao_pipeline.alignment.verifiable import arithmetic_problems
+from grao_pipeline.alignment.rewards.verifiable import arithmetic_problems
 
 
 class ArithmeticDataset(AbstractDataset[None, datasets.Dataset]):

@@ -18,9 +18,10 @@ import pandas as pd
 from kedro.pipeline import Pipeline, node, pipeline
 
 from grao_pipeline.alignment.config import RewardConfig
-from grao_pipeline.alignment.methods import parameter_sections, train_method, uses_reward
+from grao_pipeline.alignment.methods import parameter_sections, uses_reward
 from grao_pipeline.alignment.models import ModelAndTokenizer
 from grao_pipeline.alignment.rewards import CompositeReward
+from grao_pipeline.alignment.run import train_method
 from grao_pipeline.plots import training_curves
 
 
@@ -54,16 +55,16 @@ def sections_of(name: str, params: list) -> dict:
     return dict(zip(parameter_sections(name), params, strict=False))
 
 
-def fit(name: str, start_model: ModelAndTokenizer, train_set: datasets.Dataset, params: list,
+def fit(name: str, start_policy: ModelAndTokenizer, train_set: datasets.Dataset, params: list,
         **train_args) -> tuple[ModelAndTokenizer, pd.DataFrame, plt.Figure]:
-    """Train ``start_model`` in place with method ``name``; ``params`` in the order of
+    """Train ``start_policy`` in place with method ``name``; ``params`` in the order of
     ``method_inputs``. Returns the policy, its step log and its training curves."""
     sections = sections_of(name, params)
     reward = CompositeReward(params[-1]) if uses_reward(name) else None
     reward_cfg = params[-1] if uses_reward(name) else None
     context = None if reward_cfg is None else {"rewards": dataclasses.asdict(reward_cfg) if
                                                dataclasses.is_dataclass(reward_cfg) else dict(reward_cfg)}
-    policy, log, title = train_method(name, start_model, train_set.to_list(), sections, reward,
+    policy, log, title = train_method(name, start_policy, train_set.to_list(), sections, reward,
                                       context=context, **train_args)
     steps = pd.DataFrame(log)
     return policy, steps, training_curves(steps, title)
@@ -73,11 +74,11 @@ def method_pipeline(name: str, start: str = "sft_model") -> Pipeline:
     """One node: train ``name`` from ``start``."""
     inputs = method_inputs(name)
 
-    def train(start_model, train_set, *params):
-        return fit(name, start_model, train_set, list(params))
+    def train(start_policy, train_set, *params):
+        return fit(name, start_policy, train_set, list(params))
 
     func = typed_function(train, f"train_{name}", [
-        ("start_model", ModelAndTokenizer), ("train_set", datasets.Dataset),
+        ("start_policy", ModelAndTokenizer), ("train_set", datasets.Dataset),
         *[(arg, cls) for arg, _, cls in inputs]])
     return pipeline([node(func, [start, "train_set", *[entry for _, entry, _ in inputs]],
                           [f"{name}_model", f"{name}_training_log", f"{name}_training_curves"],

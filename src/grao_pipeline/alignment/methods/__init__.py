@@ -1,31 +1,12 @@
-"""Every alignment method, one module each, behind one registry (see ``registry.py``).
+"""Every alignment method, one module each, behind one registry (``registry.py``).
 
-``train_method`` is the framework-free way to run any registered name: it resolves
-each phase's config from its parameters section, builds the method, makes its rows
-(DPO's pairs), checks the prompts fit, and runs the shared loop.
+Each module holds its config dataclass, its method and its registry entry. This face
+imports the registry first, then the plug-ins, each of which registers itself; run a
+registered name with ``alignment.run.train_method``.
 """
 
-from __future__ import annotations
-
-import dataclasses
-import logging
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any
-
-from grao_pipeline.alignment.config import TrainConfig
-from grao_pipeline.alignment.lora import finished, with_adapters
-from grao_pipeline.alignment.methods import (  # noqa: F401  (registers)
-    dpo,
-    grao,
-    grpo,
-    grpo_sft,
-    luffy,
-    ppo,
-    recipes,
-    sft,
-)
-from grao_pipeline.alignment.methods.common import BaseMethod, RolloutMethod, rollout_and_score
+from grao_pipeline.alignment.methods import dpo, grao, grpo, grpo_sft, luffy, ppo, recipes, sft  # noqa: E402, F401, I001  (register)
+from grao_pipeline.alignment.methods.base import BaseMethod, RolloutMethod, rollout_and_score  # noqa: E402
 from grao_pipeline.alignment.methods.registry import (
     MethodSpec,
     get_method,
@@ -33,84 +14,9 @@ from grao_pipeline.alignment.methods.registry import (
     phase_specs,
     register_method,
     registered_methods,
-    unregister_method,
     uses_reward,
 )
-from grao_pipeline.alignment.models import ModelAndTokenizer, context_length
-from grao_pipeline.alignment.rewards import RewardFn
-from grao_pipeline.alignment.rollout import check_prompt_lengths
-from grao_pipeline.alignment.trainer import train
 
-__all__ = ["BaseMethod", "MethodSpec", "RolloutMethod", "get_method", "method_configs",
-           "parameter_sections", "phase_specs", "register_method", "registered_methods",
-           "rollout_and_score", "train_method", "unregister_method", "uses_reward"]
-
-log = logging.getLogger(__name__)
-
-
-def method_configs(name: str, sections: Mapping[str, Any], changes: Mapping[str, Any] | None = None,
-                   budget: int | None = None) -> list[tuple[MethodSpec, TrainConfig]]:
-    """Each phase of ``name`` with its validated config.
-
-    ``sections``: parameters section -> dict or config. ``changes`` are replaced in every
-    phase (``compare`` sets the seed and switches checkpoints off). ``budget`` (generated
-    samples) is applied by methods that fit their config to one. A recipe's phases
-    checkpoint into folders of their own, never into their stand-alone method's.
-    """
-    specs = phase_specs(name)
-    missing = [s.section for s in specs if s.section not in sections]
-    if missing:
-        raise KeyError(f"method {name!r} needs parameters section(s) {missing}")
-    out = []
-    for spec in specs:
-        cfg = spec.config(sections[spec.section])
-        if len(specs) > 1 and cfg.checkpoint_dir is not None:
-            cfg = dataclasses.replace(
-                cfg, checkpoint_dir=str(Path(cfg.checkpoint_dir).parent / f"{name}.{spec.name}"))
-        if changes:
-            cfg = dataclasses.replace(cfg, **changes)
-        if budget is not None and spec.fit_budget is not None:
-            cfg = spec.fit_budget(cfg, budget)
-        out.append((spec, cfg))
-    return out
-
-
-def train_method(name: str, policy: ModelAndTokenizer, rows: list[dict],
-                 sections: Mapping[str, Any], reward: RewardFn | None = None,
-                 changes: Mapping[str, Any] | None = None, budget: int | None = None,
-                 callbacks: Sequence[Callable[[int, dict], None]] = (),
-                 context: Mapping[str, Any] | None = None
-                 ) -> tuple[ModelAndTokenizer, list[dict], str]:
-    """Train ``policy`` in place with the registered method ``name``.
-
-    With ``lora.enabled`` the policy gets adapters first and comes back as a
-    ``PeftModel`` (or merged, with ``lora.save_merged``). Returns the policy, the step log (one row per optimiser step over all phases, with
-    ``phase`` and a running ``step``; ``samples`` counts every generated sample, DPO's
-    pair candidates included) and a title for figures. ``context`` (e.g. the reward
-    config) must match for a checkpoint to be resumed.
-    """
-    model, tokenizer = policy
-    if not rows:
-        raise ValueError(f"{name}: no training rows")
-    history: list[dict] = []
-    titles = []
-    phases = method_configs(name, sections, changes, budget)
-    for spec, cfg in phases:
-        if spec.uses_reward and reward is None:
-            raise ValueError(f"method {spec.name!r} needs a reward")
-        model = with_adapters(model, cfg.lora, cfg.seed, spec.name)
-        method = spec.build(tokenizer, reward, cfg, model)
-        phase_rows, report = method.training_rows(model, rows)
-        if report:
-            log.info("%s: %s", spec.name, report)
-        check_prompt_lengths(tokenizer, sorted({r["prompt"] for r in phase_rows}),
-                             cfg.max_prompt_tokens, cfg.max_completion_tokens, context_length(model))
-        result = train(model, method, phase_rows, cfg, callbacks, context)
-        model = result.model
-        offset = len(history)
-        phase_log = [{**row, "phase": spec.name, "step": row["step"] + offset} for row in result.log]
-        if phase_log and report.get("samples"):
-            phase_log[0]["samples"] = phase_log[0].get("samples", 0) + report["samples"]
-        history += phase_log
-        titles.append(spec.describe(cfg) + (f" + LoRA r={cfg.lora.rank}" if cfg.lora.enabled else ""))
-    return ModelAndTokenizer(finished(model, phases[-1][1].lora), tokenizer), history, " → ".join(titles)
+__all__ = ["BaseMethod", "MethodSpec", "RolloutMethod", "get_method", "parameter_sections",
+           "phase_specs", "register_method", "registered_methods", "rollout_and_score",
+           "uses_reward"]

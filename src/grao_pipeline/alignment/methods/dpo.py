@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from grao_pipeline.alignment.config import DPOConfig
+from grao_pipeline.alignment.config import TrainConfig, require
+from grao_pipeline.alignment.generation import Sampler
 from grao_pipeline.alignment.losses import dpo_loss
-from grao_pipeline.alignment.methods.common import (
+from grao_pipeline.alignment.methods.base import (
     BaseMethod,
     member_logps,
     row_columns,
@@ -24,7 +26,38 @@ from grao_pipeline.alignment.methods.common import (
 )
 from grao_pipeline.alignment.methods.registry import MethodSpec, register_method
 from grao_pipeline.alignment.rewards import RewardFn
-from grao_pipeline.alignment.rollout import encode_completions, encode_prompts, sample_completions
+from grao_pipeline.alignment.tokens import encode_completions, encode_prompts
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    """DPO: sigmoid loss on (chosen, rejected) pairs against the frozen starting policy."""
+
+    beta: float = 0.1
+    """DPO's β: the inverse temperature of its sigmoid loss (TRL's default). Not GRAO's
+    β, which weights the imitation term."""
+    batch_size: int = 4
+    """Preference pairs per optimiser step."""
+    pair_source: Literal["auto", "dataset", "synthetic"] = "auto"
+    """``dataset`` uses the data's rejected answers (HH-RLHF); ``synthetic`` samples
+    ``candidates_per_prompt`` answers from the starting policy and pairs the best against
+    the worst by reward; ``auto`` = dataset where a ``rejected`` column exists."""
+    candidates_per_prompt: int = 4
+    """K answers sampled per prompt for synthetic pairs."""
+    synthetic_prompts: int = 32
+    """Prompts used to build synthetic pairs (budget: K·this generated samples)."""
+    temperature: float = 0.7
+    """Sampling temperature for synthetic candidates."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.beta > 0, self, "beta", "must be > 0")
+        require(self.batch_size >= 1, self, "batch_size", "must be >= 1")
+        require(self.batch_size % self.grad_accum_chunks == 0, self, "grad_accum_chunks",
+                "must divide batch_size")
+        require(self.candidates_per_prompt >= 2, self, "candidates_per_prompt", "must be >= 2")
+        require(self.synthetic_prompts >= 1, self, "synthetic_prompts", "must be >= 1")
+        require(self.temperature > 0, self, "temperature", "must be > 0")
 
 
 @dataclass
@@ -48,10 +81,11 @@ def synthetic_pairs(model, tokenizer, reward: RewardFn, rows: list[dict], candid
     reward, best as chosen and worst as rejected. Prompts whose K rewards are all equal
     give no pair and are counted. Every pair is marked ``synthetic``."""
     pairs, ties = [], 0
+    sampler = Sampler.around(model)
     for start in range(0, len(rows), batch_prompts):
         chunk = rows[start:start + batch_prompts]
         encoded = encode_prompts(tokenizer, [r["prompt"] for r in chunk])
-        samples = sample_completions(model, tokenizer, encoded, candidates, max_new_tokens, temperature)
+        samples = sampler.sample(tokenizer, encoded, candidates, max_new_tokens, temperature)
         scores = score(reward, [r["prompt"] for r in chunk for _ in range(candidates)], samples.texts,
                        [r["reference"] for r in chunk for _ in range(candidates)],
                        row_columns(chunk, candidates, (~samples.truncated).tolist())

@@ -1,4 +1,4 @@
-"""GRAO (../shared/GRAO.md §2) and its three ablations.
+"""GRAO (docs/method.md) and its three ablations.
 
 A step: sample G completions per prompt, score them and the reference y with the same
 reward, group-relative advantages over {o_1..o_G, y}, then the three-term loss of
@@ -15,12 +15,35 @@ from dataclasses import dataclass
 import torch
 
 from grao_pipeline.alignment.advantages import group_advantages
-from grao_pipeline.alignment.config import GRAOConfig
+from grao_pipeline.alignment.config import RolloutConfig, require
 from grao_pipeline.alignment.losses import grao_loss, k3_kl
-from grao_pipeline.alignment.methods.common import RolloutMethod, member_logps, pad_to
+from grao_pipeline.alignment.methods.base import RolloutMethod, member_logps, pad_to
 from grao_pipeline.alignment.methods.registry import MethodSpec, register_method
 from grao_pipeline.alignment.rewards import RewardFn
-from grao_pipeline.alignment.rollout import encode_completions
+from grao_pipeline.alignment.tokens import encode_completions
+
+
+@dataclass
+class GRAOMethodConfig(RolloutConfig):
+    """GRAO (docs/method.md): rollout, group advantages, three-term loss. (TRL users: the
+    adapter in ``integrations/trl.py`` has its own ``GRAOMethodConfig``, a TRL ``GRPOConfig``.)"""
+
+    beta: float = 0.5
+    """β: weight of the imitation term Â_y·ℓ(y) (paper: 0.5)."""
+    lam: float = 0.6
+    """λ: weight of the alignment regulariser Â_i·(ℓ(o_i) − ℓ(y)) (paper: 0.6)."""
+    exploration: bool = True
+    """Keep the exploration term Â_i·ℓ(o_i); False is the "no exploration" ablation."""
+    include_reference_in_group: bool = True
+    """Compute the group mean/std over {o_1..o_G, y} (default) or over the samples only."""
+    clip_eps: float = 0.2
+    """Ratio clip range used when ``epochs_per_rollout`` > 1."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.beta >= 0, self, "beta", "must be >= 0")
+        require(self.lam >= 0, self, "lam", "must be >= 0")
+        require(0 < self.clip_eps < 1, self, "clip_eps", "must be in (0, 1)")
 
 
 @dataclass
@@ -89,18 +112,18 @@ class GRAOMethod(RolloutMethod):
             clip_eps=self.cfg.clip_eps, kl_per_token=kl, kl_coef=self.cfg.kl_coef)
 
 
-def build_grao(tokenizer, reward: RewardFn, cfg: GRAOConfig, model) -> GRAOMethod:
+def build_grao(tokenizer, reward: RewardFn, cfg: GRAOMethodConfig, model) -> GRAOMethod:
     return GRAOMethod(tokenizer, reward, cfg)
 
 
-def _title(cfg: GRAOConfig) -> str:
+def _title(cfg: GRAOMethodConfig) -> str:
     return f"GRAO (β={cfg.beta}, λ={cfg.lam}, G={cfg.num_generations}, exploration={cfg.exploration})"
 
 
-register_method(MethodSpec("grao", GRAOConfig, build_grao, title=_title))
+register_method(MethodSpec("grao", GRAOMethodConfig, build_grao, title=_title))
 # The paper's Table 3 ablations: GRAO's own parameters with one term switched off.
 for _name, _change in (("grao_no_imitation", {"beta": 0.0}),
                        ("grao_no_regulariser", {"lam": 0.0}),
                        ("grao_no_exploration", {"exploration": False})):
-    register_method(MethodSpec(_name, GRAOConfig, build_grao, params="grao", overrides=_change,
+    register_method(MethodSpec(_name, GRAOMethodConfig, build_grao, params="grao", overrides=_change,
                                title=_title))

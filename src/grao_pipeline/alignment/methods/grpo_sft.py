@@ -15,13 +15,25 @@ from dataclasses import dataclass
 
 import torch
 
-from grao_pipeline.alignment.config import GRPOSFTConfig
+from grao_pipeline.alignment.config import require
 from grao_pipeline.alignment.losses import sft_loss
-from grao_pipeline.alignment.methods.common import member_logps
-from grao_pipeline.alignment.methods.grpo import GRPOMethod, SampleBatch
+from grao_pipeline.alignment.methods.base import member_logps
+from grao_pipeline.alignment.methods.grpo import GRPOConfig, GRPOMethod, SampleBatch
 from grao_pipeline.alignment.methods.registry import MethodSpec, register_method
 from grao_pipeline.alignment.rewards import RewardFn
-from grao_pipeline.alignment.rollout import encode_completions
+from grao_pipeline.alignment.tokens import encode_completions
+
+
+@dataclass
+class GRPOSFTConfig(GRPOConfig):
+    """GRPO plus a fixed μ times the SFT loss on the reference y (``methods/grpo_sft.py``)."""
+
+    sft_coef: float = 0.1
+    """μ: weight of the length-normalised NLL of y added to the GRPO loss (0 = GRPO)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.sft_coef >= 0, self, "sft_coef", "must be >= 0")
 
 
 @dataclass

@@ -14,18 +14,37 @@ false`` drops y from the group and the loss: GRPO with token-mean aggregation, e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from grao_pipeline.alignment.advantages import group_advantages
-from grao_pipeline.alignment.config import LUFFYConfig
+from grao_pipeline.alignment.config import require
 from grao_pipeline.alignment.losses import shaped_off_policy_loss
-from grao_pipeline.alignment.methods.common import member_logps
-from grao_pipeline.alignment.methods.grpo import GRPOMethod
+from grao_pipeline.alignment.methods.base import member_logps
+from grao_pipeline.alignment.methods.grpo import GRPOConfig, GRPOMethod
 from grao_pipeline.alignment.methods.grpo_sft import SampleAndReferenceBatch
 from grao_pipeline.alignment.methods.registry import MethodSpec, register_method
 from grao_pipeline.alignment.rewards import RewardFn
-from grao_pipeline.alignment.rollout import encode_completions
+from grao_pipeline.alignment.tokens import encode_completions
+
+
+@dataclass
+class LUFFYConfig(GRPOConfig):
+    """LUFFY (arXiv 2504.14945, ``methods/luffy.py``): y joins the group as an off-policy
+    member with a shaped, unclipped ratio."""
+
+    aggregation: Literal["dapo"] = "dapo"
+    """Token-mean over the step's tokens, y's included (LUFFY's): y's tokens share the
+    step's token normaliser, so no other aggregation is offered."""
+    off_policy: bool = True
+    """y in the group and in the loss; false gives GRPO with token-mean aggregation."""
+    shaping_gamma: float = 0.1
+    """γ of the shaping f(π) = π / (π + γ) on y's tokens."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.shaping_gamma > 0, self, "shaping_gamma", "must be > 0")
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """The method registry: one name -> (config class, builder) per method.
 
-A method is one module that defines a ``Method`` (see ``trainer.Method``) and registers
-it; its parameters live in ``conf/base/parameters_<name>.yml``:
+A method is one module that defines its config, a ``Method`` (see ``trainer.Method``)
+and registers them; its parameters live in ``conf/base/parameters_<name>.yml``:
 
-    register_method(MethodSpec("grao", GRAOConfig, build_grao))
+    register_method(MethodSpec("grao", GRAOMethodConfig, build_grao))
 
 Every consumer reads this registry: the Kedro pipelines (``kedro run --pipelines
 <name>``), ``compare``, parameter validation, tuning and the tests. Variants are entries
@@ -89,15 +89,11 @@ _REGISTRY: dict[str, MethodSpec] = {}
 
 
 def register_method(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
-    """Add ``spec`` to the registry (``replace=True`` to redefine a name, e.g. in tests)."""
+    """Add ``spec`` to the registry (``replace=True`` to redefine a name)."""
     if spec.name in _REGISTRY and not replace:
         raise ValueError(f"method {spec.name!r} is already registered")
     _REGISTRY[spec.name] = spec
     return spec
-
-
-def unregister_method(name: str) -> None:
-    _REGISTRY.pop(name, None)
 
 
 def get_method(name: str) -> MethodSpec:

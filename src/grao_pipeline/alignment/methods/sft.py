@@ -7,11 +7,26 @@ from dataclasses import dataclass
 
 import torch
 
-from grao_pipeline.alignment.config import SFTConfig
+from grao_pipeline.alignment.config import TrainConfig, require
+from grao_pipeline.alignment.logprobs import token_logps
 from grao_pipeline.alignment.losses import sft_loss
-from grao_pipeline.alignment.methods.common import BaseMethod
+from grao_pipeline.alignment.methods.base import BaseMethod
 from grao_pipeline.alignment.methods.registry import MethodSpec, register_method
-from grao_pipeline.alignment.rollout import encode_completions, encode_prompts, token_logps
+from grao_pipeline.alignment.tokens import encode_completions, encode_prompts
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """SFT: length-normalised NLL of the reference answers."""
+
+    batch_size: int = 8
+    """Rows per optimiser step."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.batch_size >= 1, self, "batch_size", "must be >= 1")
+        require(self.batch_size % self.grad_accum_chunks == 0, self, "grad_accum_chunks",
+                "must divide batch_size")
 
 
 @dataclass

@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from grao_pipeline.alignment.config import CompareConfig, EvalConfig, RewardConfig, TrainConfig
+from grao_pipeline.alignment.compare import CompareConfig
+from grao_pipeline.alignment.config import EvalConfig, RewardConfig, TrainConfig
 from grao_pipeline.alignment.evaluation import answer_prompts, score_answers
 from grao_pipeline.alignment.methods import phase_specs, uses_reward
 from grao_pipeline.alignment.metrics import (
@@ -59,7 +60,7 @@ def rollout_budget(methods: list[str], sections: dict[str, TrainConfig]) -> int:
     return anchor.steps * anchor.prompts_per_step * anchor.num_generations
 
 
-def train_and_evaluate(name: str, seed: int, start_model: ModelAndTokenizer,
+def train_and_evaluate(name: str, seed: int, start_policy: ModelAndTokenizer,
                        train_set: datasets.Dataset, budget: int, sections: list,
                        reward_params: RewardConfig, test_set: datasets.Dataset,
                        params: EvalConfig, start_answers: pd.DataFrame
@@ -68,13 +69,13 @@ def train_and_evaluate(name: str, seed: int, start_model: ModelAndTokenizer,
     the held-out prompts like the evaluation pipeline does (KL and verdicts against the
     untouched starting policy). The step log gains ``method``, ``seed`` and the
     cumulative ``generated_samples``."""
-    policy = ModelAndTokenizer(copy.deepcopy(start_model.model), start_model.tokenizer)
+    policy = ModelAndTokenizer(copy.deepcopy(start_policy.model), start_policy.tokenizer)
     params_in_order = sections + ([reward_params] if uses_reward(name) else [])
     policy, steps, fig = fit(name, policy, train_set, params_in_order,
                              changes={"seed": seed, **NO_CHECKPOINTS}, budget=budget or None)
     plt.close(fig)
     samples = steps["samples"].fillna(0).cumsum() if "samples" in steps else 0
-    answers = answer_prompts(policy, test_set, params, start_policy=start_model)
+    answers = answer_prompts(policy, test_set, params, start_policy=start_policy)
     scored = score_answers(answers, reward_params, name, start_answers).assign(seed=seed)
     return steps.assign(method=name, seed=seed, generated_samples=samples), scored
 

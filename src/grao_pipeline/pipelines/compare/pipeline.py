@@ -3,7 +3,7 @@ method registry and ``compare.methods`` × ``compare.seeds``.
 
     compare.budget               the shared generated-sample budget (checked)
     compare.start_answers        the starting policy's answers to the test prompts
-                                 (``compare.start_model``: sft_model or base_model)
+                                 (``compare.start_policy``: sft_model or base_model)
     compare.<method>.seed_<k>    train and evaluate -> training_log, scored
     summarise_comparison         reads only the per-run outputs
 
@@ -19,7 +19,8 @@ import datasets
 import pandas as pd
 from kedro.pipeline import Pipeline, node, pipeline
 
-from grao_pipeline.alignment.config import CompareConfig, EvalConfig, RewardConfig
+from grao_pipeline.alignment.compare import CompareConfig
+from grao_pipeline.alignment.config import EvalConfig, RewardConfig
 from grao_pipeline.alignment.evaluation import answer_prompts
 from grao_pipeline.alignment.methods import parameter_sections
 from grao_pipeline.alignment.models import ModelAndTokenizer
@@ -52,13 +53,13 @@ def _run_pipeline(method: str, seed: int, start: str) -> Pipeline:
     sections = [(arg, entry, cls) for arg, entry, cls in method_inputs(method)
                 if entry != "params:rewards"]
 
-    def run(start_model, train_set, budget, test_set, eval_params, start_answers, reward_params,
+    def run(start_policy, train_set, budget, test_set, eval_params, start_answers, reward_params,
             *params):
-        return train_and_evaluate(method, seed, start_model, train_set, budget, list(params),
+        return train_and_evaluate(method, seed, start_policy, train_set, budget, list(params),
                                   reward_params, test_set, eval_params, start_answers)
 
     run_func = typed_function(run, f"run_{method}", [
-        ("start_model", ModelAndTokenizer), ("train_set", datasets.Dataset), ("budget", int),
+        ("start_policy", ModelAndTokenizer), ("train_set", datasets.Dataset), ("budget", int),
         ("test_set", datasets.Dataset), ("eval_params", EvalConfig),
         ("start_answers", pd.DataFrame), ("reward_params", RewardConfig),
         *[(arg, cls) for arg, _, cls in sections]])
@@ -81,7 +82,7 @@ def create_pipeline(settings: CompareConfig) -> Pipeline:
                              [("params", CompareConfig), *[(f"run_{i}", pd.DataFrame)
                                                            for i in range(2 * len(runs))]])
     shared = pipeline([
-        node(answer_prompts, [settings.start_model, "test_set", "params:evaluation"],
+        node(answer_prompts, [settings.start_policy, "test_set", "params:evaluation"],
              "compare_start_answers", name="answer_start"),
         node(summary, ["params:compare",
                        *[f"{run_namespace(m, s)}.scored" for m, s in runs],
@@ -89,5 +90,5 @@ def create_pipeline(settings: CompareConfig) -> Pipeline:
              ["compare_table", "compare_table_md", "compare_reward_curves", "compare_grao_shares",
               "compare_completions", "compare_training_logs"], name="summarise_comparison"),
     ])
-    return sum((_run_pipeline(m, s, settings.start_model) for m, s in runs), _budget_pipeline(settings.methods) + shared)
+    return sum((_run_pipeline(m, s, settings.start_policy) for m, s in runs), _budget_pipeline(settings.methods) + shared)
 

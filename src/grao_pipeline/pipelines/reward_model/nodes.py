@@ -13,24 +13,26 @@ import tempfile
 import datasets
 import torch
 
-from grao_pipeline.alignment.config import DPOConfig, RewardConfig, RewardModelConfig
+from grao_pipeline.alignment.config import RewardConfig
 from grao_pipeline.alignment.methods import get_method
+from grao_pipeline.alignment.methods.dpo import DPOConfig
 from grao_pipeline.alignment.metrics import bootstrap_ci
 from grao_pipeline.alignment.models import ModelAndTokenizer
-from grao_pipeline.alignment.reward_model import (
+from grao_pipeline.alignment.rewards import CompositeReward
+from grao_pipeline.alignment.rewards.reward_model import (
+    RewardModelConfig,
     pair_accuracy,
     reward_model_from_policy,
     train_reward_model,
 )
-from grao_pipeline.alignment.rewards import CompositeReward
 
 
-def preference_pairs(start_model: ModelAndTokenizer, train_set: datasets.Dataset,
+def preference_pairs(start_policy: ModelAndTokenizer, train_set: datasets.Dataset,
                      dpo_params: DPOConfig, reward_params: RewardConfig) -> tuple[list[dict], dict]:
     """DPO's pairs (dataset or synthetic), and the report of their making."""
     spec = get_method("dpo")
-    method = spec.build(start_model.tokenizer, CompositeReward(reward_params), dpo_params, start_model.model)
-    pairs, report = method.training_rows(start_model.model, train_set.to_list())
+    method = spec.build(start_policy.tokenizer, CompositeReward(reward_params), dpo_params, start_policy.model)
+    pairs, report = method.training_rows(start_policy.model, train_set.to_list())
     return [{k: p[k] for k in ("prompt", "chosen", "rejected")} | {"synthetic": bool(p["synthetic"])}
             for p in pairs], report
 
@@ -44,15 +46,15 @@ def split_pairs(pairs: list[dict], params: RewardModelConfig) -> tuple[list[dict
     return [pairs[i] for i in order[held:]], [pairs[i] for i in order[:held]]
 
 
-def fit_reward_model(start_model: ModelAndTokenizer, train_pairs: list[dict], held_out: list[dict],
+def fit_reward_model(start_policy: ModelAndTokenizer, train_pairs: list[dict], held_out: list[dict],
                      pairs_report: dict, params: RewardModelConfig) -> tuple[ModelAndTokenizer, dict]:
     """Train from the start model's backbone; report held-out pair accuracy (95% bootstrap
     interval) before and after training, on the same pairs."""
-    tokenizer = start_model.tokenizer
+    tokenizer = start_policy.tokenizer
     with tempfile.TemporaryDirectory() as scratch:
-        untrained = reward_model_from_policy(start_model, params.seed)
+        untrained = reward_model_from_policy(start_policy, params.seed)
         before = pair_accuracy(untrained, tokenizer, held_out, params.max_length)
-        model = train_reward_model(start_model, train_pairs, params, scratch)
+        model = train_reward_model(start_policy, train_pairs, params, scratch)
     after = pair_accuracy(model, tokenizer, held_out, params.max_length)
     report = {"pairs": pairs_report, "train_pairs": len(train_pairs), "held_out_pairs": len(held_out),
               "synthetic": any(p["synthetic"] for p in train_pairs + held_out),

@@ -13,15 +13,16 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from grao_pipeline.alignment.config import (
-    EvalConfig,
-    RewardConfig,
-    SensitivityConfig,
-    TuningConfig,
-)
+from grao_pipeline.alignment.config import EvalConfig, RewardConfig
 from grao_pipeline.alignment.methods import get_method
 from grao_pipeline.alignment.models import ModelAndTokenizer
-from grao_pipeline.alignment.tuning import ValidationScore, run_sensitivity, run_tuning
+from grao_pipeline.alignment.tuning import (
+    SensitivityConfig,
+    TuningConfig,
+    ValidationScore,
+    run_sensitivity,
+    run_tuning,
+)
 from grao_pipeline.pipelines.training import sections_of
 from grao_pipeline.plots import sensitivity_heatmap, study_figures
 
@@ -38,14 +39,14 @@ def _score(validation_set: datasets.Dataset, evaluation: EvalConfig, rewards: Re
                            rewards, objective)
 
 
-def tune(warm_start: ModelAndTokenizer, train_set: datasets.Dataset,
+def tune(start_policy: ModelAndTokenizer, train_set: datasets.Dataset,
          validation_set: datasets.Dataset, params: TuningConfig, evaluation: EvalConfig,
          reward_params: RewardConfig, method_params: list
          ) -> tuple[pd.DataFrame, dict, dict, plt.Figure, plt.Figure, plt.Figure, plt.Figure]:
     """Run (or resume, or join as one more worker) the study; return its trials, the best
     values as a config environment, a report and the four Optuna figures."""
     score = _score(validation_set, evaluation, reward_params, params.objective, params.eval_prompts)
-    study = run_tuning(params, warm_start, train_set.to_list(), sections_of(params.method, method_params),
+    study = run_tuning(params, start_policy, train_set.to_list(), sections_of(params.method, method_params),
                        score)
     trials = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration",
                                            "intermediate_values", "user_attrs", "system_attrs"))
@@ -68,14 +69,14 @@ def _number(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def sensitivity(warm_start: ModelAndTokenizer, train_set: datasets.Dataset,
+def sensitivity(start_policy: ModelAndTokenizer, train_set: datasets.Dataset,
                 validation_set: datasets.Dataset, params: SensitivityConfig, evaluation: EvalConfig,
                 reward_params: RewardConfig, method_params: list
                 ) -> tuple[pd.DataFrame, dict, plt.Figure, str]:
     """The β × λ map, the centre cell's seed spread beside the spread across cells, and
     the β = 0 / λ = 0 rows next to the paper's ablation table."""
     score = _score(validation_set, evaluation, reward_params, params.objective, params.eval_prompts)
-    grid, centre = run_sensitivity(params, warm_start, train_set.to_list(),
+    grid, centre = run_sensitivity(params, start_policy, train_set.to_list(),
                                    sections_of(params.method, method_params), score)
     rows = [{"beta": t.params["beta"], "lam": t.params["lam"], "seed": t.params["seed"], "value": t.value}
             for study in (grid, centre) for t in study.get_trials(

@@ -8,8 +8,9 @@ from __future__ import annotations
 import datasets
 from kedro.pipeline import Pipeline, node, pipeline
 
-from grao_pipeline.alignment.config import EvalConfig, RewardConfig, SensitivityConfig, TuningConfig
+from grao_pipeline.alignment.config import EvalConfig, RewardConfig
 from grao_pipeline.alignment.models import ModelAndTokenizer
+from grao_pipeline.alignment.tuning import SensitivityConfig, TuningConfig
 from grao_pipeline.pipelines.training import method_inputs, typed_function
 
 from .nodes import sensitivity, tune
@@ -19,12 +20,12 @@ def _study_node(fn, name: str, config: str, config_cls: type, method: str, outpu
     sections = [(arg, entry, cls) for arg, entry, cls in method_inputs(method)
                 if entry != "params:rewards"]
 
-    def run(warm_start, train_set, validation_set, params, evaluation, reward_params, *method_params):
-        return fn(warm_start, train_set, validation_set, params, evaluation, reward_params,
+    def run(start_policy, train_set, validation_set, params, evaluation, reward_params, *method_params):
+        return fn(start_policy, train_set, validation_set, params, evaluation, reward_params,
                   list(method_params))
 
     func = typed_function(run, name, [
-        ("warm_start", ModelAndTokenizer), ("train_set", datasets.Dataset),
+        ("start_policy", ModelAndTokenizer), ("train_set", datasets.Dataset),
         ("validation_set", datasets.Dataset), ("params", config_cls), ("evaluation", EvalConfig),
         ("reward_params", RewardConfig), *[(arg, cls) for arg, _, cls in sections]])
     return node(func, ["sft_model", "train_set", "validation_set", f"params:{config}",

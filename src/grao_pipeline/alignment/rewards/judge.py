@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from grao_pipeline.alignment.rewards import RewardFn, register_reward
+from grao_pipeline.alignment.rewards.registry import RewardFn, register_reward
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ def _embedded_judge() -> LocalBackend:
 
     path = Path("data/06_models/judge_smollm2")
     if not (path / "config.json").is_file():
-        from grao_pipeline.io.atomic import replace_atomically
+        from grao_pipeline.alignment.files import replace_atomically
 
         bundle = import_smollm2()
         replace_atomically(path, lambda tmp: save_model(bundle, tmp))

@@ -4,7 +4,7 @@ bit-identical tokens (tested against ``generate``) with fewer, cheaper ops per s
 
 Why: a decode step on CPU is ~210 small GEMMs plus, through transformers' modules,
 ~5,800 dispatcher calls of views, casts and concatenations, and those cost as much as
-the GEMMs (benchmarks/NOTES.md, eighth session). Here a step is the same arithmetic in
+the GEMMs (docs/performance.md). Here a step is the same arithmetic in
 ~40 ops per layer:
 
 - the prompt's KV cache (``prompt_cache``) is copied once into a buffer with room for
@@ -14,11 +14,11 @@ the GEMMs (benchmarks/NOTES.md, eighth session). Here a step is the same arithme
   ``rotate_half``, bit for bit;
 - attention is SDPA on the query heads packed per key/value head, as
   ``attention.cpu_attention`` calls it;
-- grouped linears (``sampler.PackedLinear`` groups q/k/v and gate/up) run as one GEMM
+- grouped linears (``packing.PackedLinear`` groups q/k/v and gate/up) run as one GEMM
   where the model has them, else as its separate linears concatenated.
 
 Where the sampling copy's linears are packed for the fused CPU kernel
-(``sampler.sampling_copy``, ``decode_kernel``), the same loop runs each step as one call
+(``packing.sampling_copy``, ``decode_kernel``), the same loop runs each step as one call
 to ``kernels/decode_cpu.cpp`` instead (``_fused_step``): the same layer, its GEMMs on
 vnni-packed bf16 weights and the residual stream in float32, so its logits track the
 float32 policy at least as closely as the eager bf16 step's (tested), though not bit
@@ -29,7 +29,8 @@ Simplifications, each checked by ``unsupported``: the Llama layer only (RMSNorm,
 attention, SiLU-gated MLP; no biases in the MLP, no attention dropout, no sliding
 window, no per-head norms), no peft wrapper, and only where the model already attends
 with ``CPU_ATTENTION`` (training runs on a CPU), so both loops run the same attention.
-Elsewhere ``generate`` runs; ``sample_completions`` logs which loop a model gets.
+Elsewhere ``generate`` runs. ``choose_loop`` makes that choice once, when a ``Sampler``
+is built, and the sampler logs it.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessorList
 
-from grao_pipeline.alignment import kernels
 from grao_pipeline.alignment.attention import CPU_ATTENTION
+from grao_pipeline.alignment.generation import kernels
 from grao_pipeline.alignment.lora import has_adapters
 
 # Model types whose decoder layer is exactly the one written out below.
@@ -77,6 +78,21 @@ def fused_unsupported(model) -> str | None:
     return "; ".join(reasons) or None
 
 
+# The decode loops a Sampler can run (``choose_loop``).
+GENERATE, LEAN, FUSED = "generate", "lean", "fused"
+
+
+def choose_loop(model) -> tuple[str, str]:
+    """The decode loop for ``model`` (``GENERATE``, ``LEAN`` or ``FUSED``) and a sentence
+    saying why, for the log."""
+    reason = unsupported(model)
+    if reason is not None:
+        return GENERATE, f"transformers' generate ({reason})"
+    if fused(model):
+        return FUSED, "the fused CPU decode kernel (generation/kernels)"
+    return LEAN, "the lean Llama decode loop (generation/decoding.py)"
+
+
 def _rms_norm(hidden: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
     """``LlamaRMSNorm``: normalised in float32, cast back, then scaled."""
     x = hidden.float()
@@ -96,7 +112,7 @@ def _joint(parent: torch.nn.Module, names: tuple[str, ...]):
 
 def fused(model) -> bool:
     """Whether ``model`` is a sampling copy packed for the fused CPU decode kernel
-    (``sampler.sampling_copy`` packs it so only where ``unsupported`` is None)."""
+    (``packing.sampling_copy`` packs it so only where ``unsupported`` is None)."""
     return getattr(model.lm_head, "layout", None) == kernels.VNNI_LAYOUT
 
 
@@ -168,13 +184,14 @@ def _fused_step(model, keys, values, key_mask, sequences):
 @torch.inference_mode()
 def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cache,
            max_new_tokens: int, processors: LogitsProcessorList, eos: list[int],
-           pad_token_id: int) -> torch.Tensor:
+           pad_token_id: int, fused_step: bool = False) -> torch.Tensor:
     """The tokens ``generate`` (greedy mode, ``processors``) appends to left-padded
     ``prompt_ids`` / ``prompt_mask`` [N, P], given ``cache``: the KV cache of every prompt
     token but the last (``prompt_cache``; None for one-token prompts). A row stops at
     its first EOS and is padded with ``pad_token_id`` after it; the loop stops when
     every row has or after ``max_new_tokens``. Returns [N, T], T ≤ ``max_new_tokens``.
-    A step runs in eager PyTorch, or as one fused kernel call where ``fused(model)``."""
+    A step runs in eager PyTorch, or as one fused kernel call with ``fused_step`` (the
+    model's linears must then be packed for the kernel: ``fused(model)``)."""
     body, config = model.model, model.config
     n, p = prompt_ids.shape
     dim = body.layers[0].self_attn.head_dim
@@ -194,7 +211,7 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cache,
                          dim=1) if padded else None
     positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)[:, -1:]
     sequences = torch.cat([prompt_ids, prompt_ids.new_full((n, max_new_tokens), pad_token_id)], dim=1)
-    step_logits = (_fused_step if fused(model) else _lean_step)(model, keys, values, key_mask, sequences)
+    step_logits = (_fused_step if fused_step else _lean_step)(model, keys, values, key_mask, sequences)
     eos_ids = torch.tensor(eos, device=prompt_ids.device)
     unfinished = torch.ones(n, dtype=torch.bool, device=prompt_ids.device)
     generated = 0

@@ -1,5 +1,6 @@
-"""What the methods share: the rollout (sample G per prompt, score them and y with the
-same reward), per-member log-probs, the sampling copy and the frozen start policy.
+"""What the methods share: ``BaseMethod`` and ``RolloutMethod`` (the sampler and the
+frozen start policy), the rollout (sample G per prompt, score them and y with the same
+reward) and per-member log-probs.
 
 Names, used everywhere: the *reference* is the dataset answer y; the *start policy* is
 the frozen copy of the policy training began from (KL penalties, DPO). TRL calls the
@@ -22,28 +23,20 @@ from accelerate.state import PartialState
 from accelerate.utils import reduce
 
 from grao_pipeline.alignment.config import RolloutConfig
+from grao_pipeline.alignment.generation import Sampler, Samples, build_sampler
+from grao_pipeline.alignment.logprobs import shared_prompt_token_logps, shares_prompt, token_logps
 from grao_pipeline.alignment.lora import AdaptersDisabled, has_adapters
 from grao_pipeline.alignment.rewards import RewardFn, checked_scores
-from grao_pipeline.alignment.rollout import (
-    EncodedPrompts,
-    Samples,
-    encode_prompts,
-    sample_completions,
-    shared_prompt_token_logps,
-    shares_prompt,
-    token_logps,
-)
-from grao_pipeline.alignment.sampler import release_sampler, sampling_copy, sync_sampler
+from grao_pipeline.alignment.tokens import EncodedPrompts, encode_prompts
 
-# (model, tokenizer, encoded prompts, prompt texts, G, max new tokens, temperature) -> Samples.
+# (sampler, tokenizer, encoded prompts, prompt texts, G, max new tokens, temperature) -> Samples.
 # Tests swap in pre-drawn completions keyed by prompt, so ranks can be compared exactly.
 SampleFn = Callable[..., Samples]
 
 
-def default_sample_fn(model, tokenizer, encoded: EncodedPrompts, prompts: list[str],
+def default_sample_fn(sampler: Sampler, tokenizer, encoded: EncodedPrompts, prompts: list[str],
                       num_generations: int, max_new_tokens: int, temperature: float) -> Samples:
-    return sample_completions(model, tokenizer, encoded, num_generations, max_new_tokens,
-                              temperature)
+    return sampler.sample(tokenizer, encoded, num_generations, max_new_tokens, temperature)
 
 
 def row_columns(rows: list[dict], repeat: int = 1, finished: list[bool] | None = None) -> dict[str, list]:
@@ -94,7 +87,7 @@ class Rollout:
     metrics: dict
 
 
-def rollout_and_score(sampler, tokenizer, reward: RewardFn, rows: list[dict],
+def rollout_and_score(sampler: Sampler, tokenizer, reward: RewardFn, rows: list[dict],
                       cfg: RolloutConfig, sample_fn: SampleFn = default_sample_fn) -> Rollout:
     """Sample G completions per prompt (one batched generate), score them and the
     references with the same reward, and time both."""
@@ -174,7 +167,7 @@ class BaseMethod:
 
 
 class RolloutMethod(BaseMethod):
-    """Shared plumbing of on-policy methods: sampler copy, frozen start policy, re-sync.
+    """Shared plumbing of on-policy methods: the sampler, the frozen start policy, re-sync.
 
     ``prepare`` runs on the unwrapped model (generation and no-grad forwards); ``loss``
     on the accelerate-prepared one, so DDP synchronises its gradients.
@@ -190,13 +183,13 @@ class RolloutMethod(BaseMethod):
         self.rows_per_step = cfg.prompts_per_step
         self.updates_per_batch = cfg.epochs_per_rollout
         # The frozen start policy costs a model copy: kept only where a KL term uses it.
-        self.needs_start_policy = getattr(cfg, "kl_coef", 0.0) > 0
-        self.sampler = None
+        self.needs_start_policy = cfg.kl_coef > 0
+        self.sampler: Sampler | None = None
         self.start_policy = None
         self.sample_fn: SampleFn = default_sample_fn
 
     def setup(self, model) -> None:
-        self.sampler = sampling_copy(model, self.cfg.sampling_dtype,
+        self.sampler = build_sampler(model, self.cfg.sampling_dtype,
                                      self.cfg.prompts_per_step * self.cfg.num_generations,
                                      self.cfg.decode_kernel)
         if self.needs_start_policy:
@@ -205,8 +198,8 @@ class RolloutMethod(BaseMethod):
     def rollout(self, rows: list[dict]) -> Rollout:
         rollout = rollout_and_score(self.sampler, self.tokenizer, self.reward, rows, self.cfg,
                                     self.sample_fn)
-        release_sampler(self.sampler)  # stale from the update on; after_update re-packs
+        self.sampler.release()  # stale from the update on; after_update re-packs
         return rollout
 
     def after_update(self, model) -> None:
-        sync_sampler(self.sampler, model)
+        self.sampler.sync(model)

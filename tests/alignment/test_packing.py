@@ -8,17 +8,16 @@ import copy
 import pytest
 import torch
 
-from grao_pipeline.alignment import kernels
-from grao_pipeline.alignment import sampler as sampler_module
 from grao_pipeline.alignment.attention import CPU_ATTENTION
-from grao_pipeline.alignment.models import tiny_model, tiny_moe_model
-from grao_pipeline.alignment.sampler import (
+from grao_pipeline.alignment.generation import kernels, packing
+from grao_pipeline.alignment.generation.packing import (
     PackedLinear,
     SharedInputSlice,
     packing_available,
     sampling_copy,
-    sync_sampler,
+    sync_copy,
 )
+from tests.fixtures import tiny_model, tiny_moe_model
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="oneDNN bf16 not available")
 
@@ -44,7 +43,7 @@ def same_logits(layout: str, got: torch.Tensor, want: torch.Tensor) -> bool:
 
 
 LAYOUTS = [pytest.param("off", id="onednn"), pytest.param("fused", id="vnni", marks=pytest.mark.skipif(
-    kernels.unavailable() is not None, reason=f"fused kernel: {kernels.unavailable()}"))]
+    kernels.unsupported() is not None, reason=f"fused kernel: {kernels.unsupported()}"))]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -55,20 +54,20 @@ LAYOUTS = [pytest.param("off", id="onednn"), pytest.param("fused", id="vnni", ma
 def test_packed_copy_matches_plain_bf16_before_and_after_sync(monkeypatch, tokenizer, build, layout):
     policy = build(tokenizer).model
     if layout == "fused":  # the kernel's layout even for the MoE model, which it cannot decode
-        monkeypatch.setattr(sampler_module, "_layout", lambda sampler, kernel: kernels.VNNI_LAYOUT)
-    sampler = sampling_copy(policy, "bfloat16", rows=8, decode_kernel=layout)
-    packed = [m for m in sampler.modules() if isinstance(m, PackedLinear)]
-    assert packed and not any(type(m) is torch.nn.Linear for m in sampler.modules())
+        monkeypatch.setattr(packing, "_layout", lambda copy_model, kernel: kernels.VNNI_LAYOUT)
+    copy_model = sampling_copy(policy, "bfloat16", rows=8, decode_kernel=layout)
+    packed = [m for m in copy_model.modules() if isinstance(m, PackedLinear)]
+    assert packed and not any(type(m) is torch.nn.Linear for m in copy_model.modules())
     assert {m.layout for m in packed} == {"onednn" if layout == "off" else kernels.VNNI_LAYOUT}
     ids = torch.randint(0, len(tokenizer), (3, 11))
-    assert same_logits(layout, logits(sampler, ids), logits(plain_bf16(policy), ids))
+    assert same_logits(layout, logits(copy_model, ids), logits(plain_bf16(policy), ids))
 
     with torch.no_grad():  # an optimiser step, every tensor including the tied embedding
         for p in policy.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    stale = logits(sampler, ids)
-    sync_sampler(sampler, policy)
-    fresh = logits(sampler, ids)
+    stale = logits(copy_model, ids)
+    sync_copy(copy_model, policy)
+    fresh = logits(copy_model, ids)
     assert not torch.equal(stale, fresh)
     assert same_logits(layout, fresh, logits(plain_bf16(policy), ids))
 
@@ -80,10 +79,10 @@ def test_fp32_sampling_is_the_policy_itself(tokenizer):
 
 def test_sync_names_a_tensor_the_policy_lacks(tokenizer):
     policy = tiny_model(tokenizer).model
-    sampler = sampling_copy(policy, "bfloat16", rows=8)
-    sampler.register_buffer("stray", torch.zeros(1))
+    copy_model = sampling_copy(policy, "bfloat16", rows=8)
+    copy_model.register_buffer("stray", torch.zeros(1))
     with pytest.raises(KeyError, match="stray"):
-        sync_sampler(sampler, policy)
+        sync_copy(copy_model, policy)
 
 
 def test_a_lora_policy_samples_from_its_merged_weights(tokenizer):
@@ -93,35 +92,35 @@ def test_a_lora_policy_samples_from_its_merged_weights(tokenizer):
     policy = with_adapters(tiny_model(tokenizer).model,
                            LoRAConfig(enabled=True, rank=4, alpha=8,
                                       target_modules=["q_proj", "v_proj", "down_proj"]), 0, "t")
-    sampler = sampling_copy(policy, "bfloat16", rows=8, decode_kernel="off")
-    assert not any("lora" in name for name, _ in sampler.named_parameters())
+    copy_model = sampling_copy(policy, "bfloat16", rows=8, decode_kernel="off")
+    assert not any("lora" in name for name, _ in copy_model.named_parameters())
     with torch.no_grad():  # training moves the adapters (B starts at 0) and nothing else
         for name, p in policy.named_parameters():
             if "lora_" in name:
                 p.add_(torch.randn_like(p) * 0.1)
-    sync_sampler(sampler, policy)
+    sync_copy(copy_model, policy)
     merged = plain_bf16(copy.deepcopy(policy).merge_and_unload())
     ids = torch.randint(0, len(tokenizer), (3, 11))
-    assert not torch.equal(logits(sampler, ids), logits(plain_bf16(tiny_model(tokenizer).model), ids))
-    assert torch.equal(logits(sampler, ids), logits(merged, ids))
+    assert not torch.equal(logits(copy_model, ids), logits(plain_bf16(tiny_model(tokenizer).model), ids))
+    assert torch.equal(logits(copy_model, ids), logits(merged, ids))
 
 
 def test_cached_decoding_in_the_sampler_matches_a_full_forward(tokenizer):
     from grao_pipeline.alignment.attention import CPU_ATTENTION
 
     policy = tiny_model(tokenizer).model
-    sampler = sampling_copy(policy, "bfloat16", rows=3)
-    assert sampler.config._attn_implementation == CPU_ATTENTION
+    copy_model = sampling_copy(policy, "bfloat16", rows=3)
+    assert copy_model.config._attn_implementation == CPU_ATTENTION
     assert policy.config._attn_implementation != CPU_ATTENTION
     ids = torch.randint(0, len(tokenizer), (3, 12))
     mask = torch.ones_like(ids)
     mask[0, :4] = 0  # left padding, as prompts have
     with torch.no_grad():
-        prefill = sampler(input_ids=ids[:, :-2], attention_mask=mask[:, :-2], use_cache=True)
+        prefill = copy_model(input_ids=ids[:, :-2], attention_mask=mask[:, :-2], use_cache=True)
         cache = prefill.past_key_values
-        step = sampler(input_ids=ids[:, -2:-1], attention_mask=mask[:, :-1], past_key_values=cache,
+        step = copy_model(input_ids=ids[:, -2:-1], attention_mask=mask[:, :-1], past_key_values=cache,
                        use_cache=True)
-        step = sampler(input_ids=ids[:, -1:], attention_mask=mask, past_key_values=step.past_key_values,
+        step = copy_model(input_ids=ids[:, -1:], attention_mask=mask, past_key_values=step.past_key_values,
                        use_cache=True)
         full = plain_bf16(policy)(input_ids=ids, attention_mask=mask).logits[:, -1]
     assert torch.allclose(step.logits[:, -1].float(), full.float(), atol=0.05), \
@@ -129,18 +128,18 @@ def test_cached_decoding_in_the_sampler_matches_a_full_forward(tokenizer):
 
 
 def test_released_weights_refuse_to_sample_until_the_next_sync(tokenizer):
-    from grao_pipeline.alignment.sampler import release_sampler
+    from grao_pipeline.alignment.generation.packing import release_copy
 
     policy = tiny_model(tokenizer).model
-    sampler = sampling_copy(policy, "bfloat16", rows=8)
+    copy_model = sampling_copy(policy, "bfloat16", rows=8)
     ids = torch.randint(0, len(tokenizer), (3, 11))
-    before = logits(sampler, ids)
-    release_sampler(sampler)
-    assert all(m.packed is None for m in sampler.modules() if isinstance(m, PackedLinear))
+    before = logits(copy_model, ids)
+    release_copy(copy_model)
+    assert all(m.packed is None for m in copy_model.modules() if isinstance(m, PackedLinear))
     with pytest.raises(RuntimeError, match="released after its rollout"):
-        logits(sampler, ids)
-    sync_sampler(sampler, policy)
-    assert torch.equal(logits(sampler, ids), before)
+        logits(copy_model, ids)
+    sync_copy(copy_model, policy)
+    assert torch.equal(logits(copy_model, ids), before)
 
 
 def test_grouped_linears_serve_their_columns_and_recompute_for_another_input(tokenizer):
@@ -149,10 +148,10 @@ def test_grouped_linears_serve_their_columns_and_recompute_for_another_input(tok
     feeds the members different inputs stays exact. Inference tensors (generation) are
     matched by identity."""
     policy = tiny_model(tokenizer).model
-    sampler = sampling_copy(policy, "bfloat16", rows=8, decode_kernel="off")
+    copy_model = sampling_copy(policy, "bfloat16", rows=8, decode_kernel="off")
     layers = policy.config.num_hidden_layers
-    assert len([m for m in sampler.modules() if isinstance(m, PackedLinear)]) == 4 * layers + 1
-    attn, plain = sampler.model.layers[0].self_attn, policy.model.layers[0].self_attn
+    assert len([m for m in copy_model.modules() if isinstance(m, PackedLinear)]) == 4 * layers + 1
+    attn, plain = copy_model.model.layers[0].self_attn, policy.model.layers[0].self_attn
     assert all(isinstance(getattr(attn, n), SharedInputSlice) for n in ("q_proj", "k_proj", "v_proj"))
 
     def expected(name, x):

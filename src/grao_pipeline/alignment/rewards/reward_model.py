@@ -10,11 +10,42 @@ as "prompt\\n\\nanswer". Batched, on the accelerator's device, safetensors only
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from grao_pipeline.alignment.rewards import RewardFn, register_reward
+from grao_pipeline.alignment.config import check_types, require
+from grao_pipeline.alignment.rewards.registry import RewardFn, register_reward
+
+
+@dataclass
+class RewardModelConfig:
+    """A reward model trained on preference pairs with TRL's ``RewardTrainer``."""
+
+    epochs: float = 2.0
+    """Passes over the training pairs."""
+    learning_rate: float = 5e-5
+    """AdamW learning rate."""
+    batch_size: int = 8
+    """Pairs per optimiser step."""
+    max_length: int = 256
+    """Longest tokenised (prompt, answer) sequence; longer ones are truncated."""
+    eval_fraction: float = 0.2
+    """Share of the pairs held out for the pair-accuracy estimate."""
+    bootstrap_resamples: int = 1000
+    """Resamples for the held-out accuracy interval."""
+    seed: int = 0
+    """Seeds the split, the head's initialisation and the data order."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        require(self.epochs > 0, self, "epochs", "must be > 0")
+        require(self.learning_rate > 0, self, "learning_rate", "must be > 0")
+        require(self.batch_size >= 1, self, "batch_size", "must be >= 1")
+        require(self.max_length >= 8, self, "max_length", "must be >= 8")
+        require(0.0 < self.eval_fraction < 1.0, self, "eval_fraction", "must be in (0, 1)")
+        require(self.bootstrap_resamples >= 100, self, "bootstrap_resamples", "must be >= 100")
 
 
 def format_pair(tokenizer, prompt: str, answer: str) -> str:
@@ -100,7 +131,7 @@ def reward_model_from_policy(policy, seed: int = 0):
     return classifier
 
 
-def train_reward_model(policy, pairs: list[dict], cfg, output_dir: str | Path):
+def train_reward_model(policy, pairs: list[dict], cfg: RewardModelConfig, output_dir: str | Path):
     """TRL's ``RewardTrainer`` (Bradley–Terry) on conversational ``prompt``/``chosen``/
     ``rejected`` pairs, from the policy's backbone. Returns the trained classifier."""
     import datasets

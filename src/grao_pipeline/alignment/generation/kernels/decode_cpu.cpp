@@ -3,7 +3,7 @@
 //
 // Why: on a 2-core CPU without AMX, oneDNN's bf16 GEMM for the 8 rows of a decode batch
 // reaches ~35% of the machine's bf16 peak, and the ~1,200 small eager ops of a Python
-// decode step cost as much again (benchmarks/NOTES.md, eighth to tenth sessions). Here a
+// decode step cost as much again (docs/performance.md). Here a
 // weight tile is loaded once per pair of inputs columns and multiplied into all rows
 // with `vdpbf16ps`, and nothing between the GEMMs goes through the dispatcher.
 //
@@ -12,10 +12,11 @@
 // softmax and SiLU stay float32 between GEMMs (transformers' bf16 model rounds the
 // residual stream to bf16 after every add, so this is the more accurate of the two).
 //
-// Weight layout ("vnni"): W [N, K] (K even) padded to N' = 16·ceil(N/16) rows and stored
-// as [N'/16, K/2, 16, 2]: for each block of 16 output columns, each pair of input
-// columns holds the 16 columns' two weights side by side, which is `vdpbf16ps`'s
-// operand layout. `pack_vnni_` below builds it.
+// Weight layout ("vnni"): W [N, K] (K even) padded to N' = 48·ceil(N/48) rows and stored
+// as [N'/48, K/2, 48, 2]: each tile of 48 output columns (3 blocks of 16, the GEMM's
+// register tile) is one contiguous stream in which, for each pair of input columns, the
+// 48 columns' two weights sit side by side, which is `vdpbf16ps`'s operand layout.
+// `pack_vnni_` below builds it.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

@@ -1,34 +1,30 @@
-"""The model generation runs on, and its re-sync after every update.
+"""The sampling copy: the model generation runs on, and its re-sync after every update.
 
 Where bf16 is native, generation runs on a bf16 copy of the policy (about 2× faster
 than fp32: decoding streams the weights once per token). On a CPU, that copy's linear
-layers hold their weights pre-packed in oneDNN's blocked layout (``PackedLinear``): a
-decode step is ~210 small GEMMs with 8 rows, and the packed kernels stream the weights
-at ~13 GB/s where ``aten::mm`` on the plain layout manages ~8 GB/s
-(benchmarks/NOTES.md). Linears that read one input (q/k/v, gate/up) run as one wider
-packed GEMM. Outputs are bit-identical to ``F.linear`` (tested).
+layers hold their weights pre-packed (``PackedLinear``), in one of two layouts:
 
-Where the CPU has AVX512-BF16 and the model is a Llama that ``decoding`` decodes, the
-linears are packed instead for the fused decode kernel (``alignment/kernels``; layout
-``vnni``), and a whole decode step runs as one call to it: its 8-row GEMMs stream the
-weights ~1.5× faster than oneDNN's and nothing between them is a Python op
-(benchmarks/NOTES.md, tenth session). ``decode_kernel`` picks: ``auto`` uses it where it
-runs and logs why not elsewhere, ``fused`` requires it, ``off`` keeps oneDNN's layout
-(whose GEMMs are bit-identical to ``F.linear``; the kernel's accumulate in another
-order, and its step keeps the residual stream in float32).
+- oneDNN's blocked layout: a decode step is ~210 small GEMMs with 8 rows, and the
+  packed kernels stream the weights at ~13 GB/s where ``aten::mm`` on the plain layout
+  manages ~8 GB/s. Outputs are bit-identical to ``F.linear`` (tested).
+- the fused decode kernel's (``kernels.VNNI_LAYOUT``), where the CPU has AVX512-BF16 and
+  the model is a Llama that ``decoding`` decodes: its 8-row GEMMs stream the weights
+  ~1.5× faster than oneDNN's and a whole decode step is one call. They accumulate in
+  another order, so tokens are close to, not bit-identical with, ``generate``'s.
 
-On a CPU its attention is ``attention.cpu_attention``: SDPA with the one-token query
-packed per key/value head, ~5× faster than the grouped-query kernel transformers asks
-for when prompts need no padding.
+``decode_kernel`` picks: ``auto`` uses the kernel where it runs and logs why not
+elsewhere, ``fused`` requires it, ``off`` keeps oneDNN's layout. Linears that read one
+input (q/k/v, gate/up) run as one wider packed GEMM. On a CPU the copy attends with
+``attention.cpu_attention``.
 
 A LoRA policy's copy has its adapters merged (W + s·BA), so generation pays nothing for
-them. Where bf16 is not native, the sampler is the policy itself: no copy, no sync.
+them. Where bf16 is not native, the copy is the policy itself: no copy, no sync.
 
-Memory: the copy is built empty from the config and filled by ``sync_sampler``;
-packing goes through one reused bf16 buffer (a fresh bf16 cast per layer fragmented
-the heap: 212 MB of weights took 311 MB packed that way). The packed weights live only
-from a sync to the end of the next rollout (``release_sampler``), so the update reuses
-their memory (benchmarks/NOTES.md).
+Memory: the copy is built empty from the config and filled by ``sync_copy``; packing
+goes through one reused bf16 buffer (a fresh bf16 cast per layer fragmented the heap:
+212 MB of weights took 311 MB packed that way). The packed weights live only from a
+sync to the end of the next rollout (``release_copy``), so the update reuses their
+memory (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -40,15 +36,14 @@ from collections.abc import Callable
 import torch
 from peft.tuners.lora import LoraLayer
 
-from grao_pipeline.alignment import decoding, kernels
 from grao_pipeline.alignment.attention import CPU_ATTENTION, applies
+from grao_pipeline.alignment.generation import decoding, kernels
+from grao_pipeline.alignment.hardware import bf16_supported
 from grao_pipeline.alignment.lora import has_adapters
-from grao_pipeline.alignment.trainer import bf16_supported
 
 logger = logging.getLogger(__name__)
 
 ONEDNN_LAYOUT = "onednn"
-DECODE_KERNELS = ("auto", "fused", "off")
 
 
 def packing_available() -> bool:
@@ -102,7 +97,7 @@ class PackedLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is None:
             raise RuntimeError("this sampling copy's weights were released after its rollout: "
-                               "sync_sampler(sampler, policy) re-packs them")
+                               "Sampler.sync(policy) re-packs them")
         if self.layout == kernels.VNNI_LAYOUT:
             return kernels.vnni_linear(x, self.packed, self.bias, self.out_features).to(x.dtype)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
@@ -143,7 +138,7 @@ def pack_linears(model: torch.nn.Module, rows: int, layout: str = ONEDNN_LAYOUT)
     ``SHARED_INPUT_GROUPS`` group of siblings with one input width and bias setting
     becomes one ``PackedLinear`` (registered on the parent as ``packed_<names>``) served
     through ``SharedInputSlice``s. Fewer, wider GEMMs per decode step (4 instead of 7 per
-    layer; benchmarks/NOTES.md). A model that calls a group's members on different
+    layer; docs/perf-log.md). A model that calls a group's members on different
     inputs stays correct and computes the whole group for each call."""
     for parent in list(model.modules()):
         children = dict(parent.named_children())
@@ -172,18 +167,23 @@ def _plain_model(model):
     return model.get_base_model() if has_adapters(model) else model
 
 
-def _layout(sampler, decode_kernel: str) -> str:
-    """The packed layout for ``sampler`` (a bf16 copy on CPU) under ``decode_kernel``."""
-    if decode_kernel not in DECODE_KERNELS:
-        raise ValueError(f"decode_kernel = {decode_kernel!r}: must be one of {DECODE_KERNELS}")
+def _layout(copy_model, decode_kernel: str) -> str:
+    """The packed layout for ``copy_model`` (a bf16 copy on CPU) under ``decode_kernel``:
+    the kernel's where ``decode_kernel`` allows it and it runs (building it on this first
+    use), else oneDNN's, with the reason logged once; ``fused`` raises instead."""
     if decode_kernel == "off":
         return ONEDNN_LAYOUT
-    reason = decoding.unsupported(sampler) or decoding.fused_unsupported(sampler) or kernels.unavailable()
+    reason = (decoding.unsupported(copy_model) or decoding.fused_unsupported(copy_model)
+              or kernels.unsupported())
     if reason is None:
-        return kernels.VNNI_LAYOUT
+        try:
+            kernels.load()
+            return kernels.VNNI_LAYOUT
+        except kernels.KernelBuildError as error:
+            reason = str(error)
     if decode_kernel == "fused":
         raise RuntimeError(f"decode_kernel = 'fused', but the fused CPU decode kernel cannot run: {reason}")
-    key = (type(sampler).__name__, reason)
+    key = (type(copy_model).__name__, reason)
     if key not in _announced:
         _announced.add(key)
         logger.info("fused CPU decode kernel not used for %s (%s): oneDNN-packed linears", *key)
@@ -206,13 +206,13 @@ def sampling_copy(model, sampling_dtype: str, rows: int, decode_kernel: str = "a
     if applies(base, device):
         config._attn_implementation = CPU_ATTENTION
     with torch.device("meta"):
-        sampler = type(base)(config).to(torch.bfloat16)
+        copy_model = type(base)(config).to(torch.bfloat16)
     if device.type == "cpu" and packing_available():
-        pack_linears(sampler, rows, _layout(sampler, decode_kernel))
-    sampler = sampler.to_empty(device=device).eval().requires_grad_(False)
-    sampler.generation_config = copy.deepcopy(base.generation_config)
-    sync_sampler(sampler, model)
-    return sampler
+        pack_linears(copy_model, rows, _layout(copy_model, decode_kernel))
+    copy_model = copy_model.to_empty(device=device).eval().requires_grad_(False)
+    copy_model.generation_config = copy.deepcopy(base.generation_config)
+    sync_copy(copy_model, model)
+    return copy_model
 
 
 def _policy_tensors(model) -> dict[str, Callable[[], torch.Tensor]]:
@@ -232,20 +232,20 @@ def _policy_tensors(model) -> dict[str, Callable[[], torch.Tensor]]:
     return tensors
 
 
-def release_sampler(sampler) -> None:
+def release_copy(copy_model) -> None:
     """Drop the copy's packed weights (stale once the update starts) until the next
-    ``sync_sampler``, so the update reuses their memory: the copy and the update's
+    ``sync_copy``, so the update reuses their memory: the copy and the update's
     activations no longer peak together. A no-op where there is no packed copy."""
-    for module in sampler.modules():
+    for module in copy_model.modules():
         if isinstance(module, PackedLinear):
             module.release()
 
 
 @torch.no_grad()
-def sync_sampler(sampler, model) -> None:
+def sync_copy(copy_model, model) -> None:
     """Copy the policy's weights into its sampling copy (cast to bf16, packed where the
     copy's layer is packed). Every tensor of the copy is refreshed, or this raises."""
-    if sampler is model:
+    if copy_model is model:
         return
     policy = _policy_tensors(model)
 
@@ -254,7 +254,7 @@ def sync_sampler(sampler, model) -> None:
             raise KeyError(f"sampling copy has {name!r}, which the policy lacks: cannot re-sync")
         return policy[name]()
 
-    packed = {name: m for name, m in sampler.named_modules() if isinstance(m, PackedLinear)}
+    packed = {name: m for name, m in copy_model.named_modules() if isinstance(m, PackedLinear)}
     onednn = [m for m in packed.values() if m.layout == ONEDNN_LAYOUT]
     scratch = torch.empty(max(m.in_features * m.out_features for m in onednn), dtype=torch.bfloat16) \
         if onednn else None
@@ -264,5 +264,5 @@ def sync_sampler(sampler, model) -> None:
             members = [f"{parent}.{member}" if parent else member for member in layer.members]
             layer.pack([source(f"{m}.weight") for m in members],
                        [source(f"{m}.bias") for m in members] if layer.has_bias else [], scratch)
-    for name, tensor in [*sampler.named_parameters(), *sampler.named_buffers()]:
+    for name, tensor in [*copy_model.named_parameters(), *copy_model.named_buffers()]:
         tensor.copy_(source(name))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import re
 
-from grao_pipeline.alignment.rewards import RewardFn, register_reward
+from grao_pipeline.alignment.rewards.registry import RewardFn, register_reward
 
 _INTEGER = re.compile(r"-?\d+")
 PROMPT = "What is {expression}? Answer with the number only."

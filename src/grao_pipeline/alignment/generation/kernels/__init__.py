@@ -1,14 +1,16 @@
-"""The fused CPU decode kernel (``decode_cpu.cpp``): built on first use with torch's own
-extension builder (``torch.utils.cpp_extension.load``, ~15 s the first time, then cached
-per machine under ``TORCH_EXTENSIONS_DIR`` in a folder named by the source's content),
-loaded as ``torch.ops.grao_cpu``.
+"""The fused CPU decode kernel (``decode_cpu.cpp``), loaded as ``torch.ops.grao_cpu``.
 
 Why a kernel of our own: a decode step streams every weight once for only 8 rows, and
 neither oneDNN's bf16 GEMM (~35% of the bf16 peak for 8 rows on an AVX512-BF16 CPU
 without AMX) nor eager PyTorch's ~1,200 small ops per step come near the machine's
-floor (benchmarks/NOTES.md, tenth session). The kernel needs AVX512-BF16 (AMD Zen 4,
-Intel Cooper Lake and later) and a C++ compiler; ``unavailable()`` names what is
-missing, and the sampler then keeps oneDNN's packed linears and the lean Python loop.
+floor (docs/performance.md). It needs AVX512-BF16 (AMD Zen 4, Intel Cooper Lake and
+later) and a C++ compiler.
+
+Two calls, kept apart: ``unsupported()`` answers whether it could run here from the CPU
+flags and the compiler's presence, and compiles nothing; ``load()`` is the first real
+use: it builds the extension with torch's own builder (``torch.utils.cpp_extension``,
+~15 s the first time, then cached per machine under ``TORCH_EXTENSIONS_DIR`` in a folder
+named by the source's content) and raises ``KernelBuildError`` naming the failure.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from grao_pipeline.alignment.hardware import cpu_flags
+
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("decode_cpu.cpp")
@@ -34,36 +38,36 @@ CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx51
           "-fopenmp"]
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+class KernelBuildError(RuntimeError):
+    """The kernel's source did not compile or load; the message holds the compiler's error."""
 
 
-@functools.cache
-def unavailable() -> str | None:
-    """Why the fused kernel cannot run on this machine; None where it can (it is then
-    built and loaded)."""
-    missing = {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} - _cpu_flags()
+def unsupported() -> str | None:
+    """Why the fused kernel cannot run on this machine, from its CPU flags and the
+    compiler's presence; None where it can. Compiles nothing."""
+    missing = {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} - cpu_flags()
     if missing:
         return f"the CPU lacks {', '.join(sorted(missing))}"
     if shutil.which("c++") is None:
-        return "no C++ compiler (c++) on PATH to build alignment/kernels/decode_cpu.cpp"
-    from torch.utils.cpp_extension import load
-
-    logger.info("building/loading the fused CPU decode kernel (alignment/kernels/decode_cpu.cpp)")
-    try:
-        name, source = _build_source()
-        load(name=name, sources=[str(source)], extra_cflags=CFLAGS, build_directory=str(source.parent),
-             is_python_module=False, verbose=False)
-    except Exception as error:  # reported as the reason, never swallowed
-        return f"building alignment/kernels/decode_cpu.cpp failed: {error}"
+        return "no C++ compiler (c++) on PATH to build generation/kernels/decode_cpu.cpp"
     return None
+
+
+@functools.cache
+def load() -> None:
+    """Build (first time on this machine) and load the kernel into ``torch.ops.grao_cpu``."""
+    reason = unsupported()
+    if reason is not None:
+        raise KernelBuildError(f"the fused CPU decode kernel cannot run here: {reason}")
+    from torch.utils.cpp_extension import load as load_extension
+
+    logger.info("building/loading the fused CPU decode kernel (generation/kernels/decode_cpu.cpp)")
+    name, source = _build_source()
+    try:
+        load_extension(name=name, sources=[str(source)], extra_cflags=CFLAGS,
+                       build_directory=str(source.parent), is_python_module=False, verbose=False)
+    except Exception as error:
+        raise KernelBuildError(f"building generation/kernels/decode_cpu.cpp failed: {error}") from error
 
 
 def _build_source() -> tuple[str, Path]:
@@ -97,6 +101,7 @@ def pack_vnni(weights: list[torch.Tensor]) -> torch.Tensor:
     if k % 2 or any(w.dim() != 2 or w.shape[1] != k for w in weights):
         raise ValueError(f"pack_vnni: weights must be [n, K] with one even K, got "
                          f"{[tuple(w.shape) for w in weights]}")
+    load()
     n = sum(w.shape[0] for w in weights)
     packed = torch.empty(-(-n // TILE_COLS), k // 2, TILE_COLS, 2, dtype=torch.bfloat16)
     torch.ops.grao_cpu.pack_vnni_(packed, [w.contiguous() for w in weights])
@@ -106,5 +111,6 @@ def pack_vnni(weights: list[torch.Tensor]) -> torch.Tensor:
 def vnni_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
                 out_features: int) -> torch.Tensor:
     """x [..., K] bf16 times the packed weight, plus ``bias`` (float32): float32 [..., N]."""
+    load()
     empty = torch.empty(0)
     return torch.ops.grao_cpu.vnni_linear(x, packed, empty if bias is None else bias, out_features)
