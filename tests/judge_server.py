@@ -1,7 +1,9 @@
 """A scripted OpenAI-compatible judge on 127.0.0.1 for tests: real HTTP, real client.
 
 The judge prefers the answer containing "good" (a tie when both or neither do). Modes:
-``rule`` (that), ``always_first`` (pure position bias), ``garbage`` (not a verdict).
+``rule`` (that), ``always_first`` (pure position bias), ``garbage`` (not a verdict), and
+HTTP 200 replies that are not chat completions: ``bad_json``, ``no_choices``,
+``empty_choices``, ``text_plain``, ``null_content``.
 ``failures`` is a list of HTTP status codes returned, one per call, before any answer;
 ``delay`` slows every answer (for timeouts). ``calls`` counts requests.
 """
@@ -16,7 +18,7 @@ import time
 
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 _ANSWERS = re.compile(r"Answer A: (.*)\n\nAnswer B: (.*)\n\n", re.DOTALL)
 
@@ -47,6 +49,18 @@ class ScriptedJudge:
                                 headers={"retry-after-ms": "10"})
         if self.delay:
             await asyncio.sleep(self.delay)
+        malformed = {
+            "bad_json": lambda: Response('{"choices": [', media_type="application/json"),
+            "no_choices": lambda: {"id": "judge-1", "object": "chat.completion"},
+            "empty_choices": lambda: {"id": "judge-1", "object": "chat.completion", "choices": []},
+            "text_plain": lambda: PlainTextResponse("A"),
+            "null_content": lambda: {"id": "judge-1", "object": "chat.completion", "created": 0,
+                                     "model": body["model"], "choices": [
+                                         {"index": 0, "finish_reason": "stop",
+                                          "message": {"role": "assistant", "content": None}}]},
+        }
+        if self.mode in malformed:
+            return malformed[self.mode]()
         content = self.verdict(body["messages"][-1]["content"])
         return {"id": "judge-1", "object": "chat.completion", "created": 0, "model": body["model"],
                 "choices": [{"index": 0, "finish_reason": "stop",

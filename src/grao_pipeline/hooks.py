@@ -3,6 +3,11 @@
 - ``ActiveParameters`` records the run's parameters (environment and ``--params``
   applied) before Kedro first builds the pipelines, so ``register_pipelines`` can
   generate ``compare``'s (method, seed) runs from the configuration in force.
+- ``CheckedNames``: before any node runs, every top-level parameters section (from
+  any environment, ``conf/local`` or ``--params``) must be one some pipeline reads, and
+  every reward component must name a reward, even at weight 0 (the usual way to switch
+  one off), so a misspelt name fails with the closest valid one instead of being
+  ignored. Keys inside a section are checked by the section's config dataclass.
 - ``MainProcessSaves``: under a multi-process launch (accelerate, torchrun) every rank
   runs the same nodes; only rank 0 writes persisted outputs, the other ranks keep
   their in-memory handoffs between nodes.
@@ -17,6 +22,7 @@
 
 from __future__ import annotations
 
+import difflib
 import fcntl
 import json
 import os
@@ -29,6 +35,8 @@ from typing import Any
 import kedro.framework.project as project
 from kedro.framework.hooks import hook_impl
 from kedro.io import MemoryDataset
+
+from grao_pipeline.alignment.rewards import registered_rewards
 
 _ACTIVE: dict[str, Any] = {}
 
@@ -48,6 +56,41 @@ class ActiveParameters:
         _ACTIVE["parameters"] = context.config_loader["parameters"]
         # PACKAGE_NAME is set once the project is configured, after this module loads.
         project.pipelines.configure(f"{project.PACKAGE_NAME}.pipeline_registry")
+
+
+class ParameterNameError(ValueError):
+    """A parameters section or reward component that nothing reads."""
+
+
+def _closest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+
+
+def check_parameter_names(parameters: dict[str, Any], pipelines: dict) -> None:
+    """Refuse a section no pipeline reads and a reward component that names no reward."""
+    read = sorted({name[len("params:"):].split(".")[0] for p in pipelines.values()
+                   for name in p.inputs() if name.startswith("params:")})
+    for section in parameters:
+        if section not in read:
+            raise ParameterNameError(
+                f"parameters section {section!r} is read by no pipeline, so its values would be "
+                f"ignored ({_closest(section, read)}). Check conf/local, the environment "
+                "and --params")
+    components = (parameters.get("rewards") or {}).get("components") or {}
+    for name in components:
+        if ":" not in name and name not in registered_rewards():
+            raise ParameterNameError(
+                f"rewards.components.{name}: no reward of that name ({_closest(name, registered_rewards())}); "
+                "weight 0 switches a reward off, but only a reward that exists")
+
+
+class CheckedNames:
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        parameters = active_parameters()
+        if parameters is not None:
+            check_parameter_names(parameters, project.pipelines)
 
 
 class MainProcessSaves:

@@ -92,6 +92,19 @@ def test_garbage_replies_are_counted_and_fail_past_the_rate(judge):
         http_reward(judge, max_unparseable_rate=0.5)(PROMPTS, SAMPLES, REFERENCES)
 
 
+@pytest.mark.parametrize("mode", ["bad_json", "no_choices", "empty_choices", "text_plain",
+                                  "null_content"])
+def test_a_200_reply_that_is_not_a_chat_completion_is_unparseable_and_named(judge, mode, caplog):
+    """Issue 31, case 10: each once raised a raw library exception naming no endpoint."""
+    judge.mode = mode
+    tolerant = http_reward(judge, max_unparseable_rate=1.0)
+    assert tolerant(PROMPTS, SAMPLES, REFERENCES) == [0.0, 0.0, 0.0]
+    assert tolerant.stats["unparseable"] == 4
+    assert f"judge {judge.url}: malformed reply" in caplog.text
+    with pytest.raises(JudgeError, match=f"judge {judge.url}: 4 of 4 replies were not a verdict"):
+        http_reward(judge, max_unparseable_rate=0.5)(PROMPTS, SAMPLES, REFERENCES)
+
+
 def test_the_local_judge_is_deterministic(tiny, tmp_path):
     save_model(tiny, tmp_path / "judge")
     backend = LocalBackend(str(tmp_path / "judge"))

@@ -160,3 +160,18 @@ def test_lora_settings_are_validated():
 def test_unknown_target_modules_are_named(saved_base, rows):
     with pytest.raises(ConfigError, match=r"\['c_attn'\] are not modules of LlamaForCausalLM"):
         grao(saved_base, rows, lora={**LORA, "target_modules": ["q_proj", "c_attn"]})
+
+
+def test_adapters_are_refused_on_a_base_that_changed_since_they_were_saved(tokenizer, rows_once,
+                                                                          tmp_path):
+    """Issue 31, case 8: a rerun of sft replaced the base, and the old adapters were put
+    on the new weights without a word."""
+    base = tmp_path / "base"
+    HFModelDataset(path=str(base)).save(tiny_model(tokenizer, seed=0))
+    policy, _, _ = grao(base, rows_once[:2], steps=1)
+    HFModelDataset(path=str(tmp_path / "adapter")).save(policy)
+    assert has_adapters(HFModelDataset(path=str(tmp_path / "adapter")).load().model)
+    HFModelDataset(path=str(base)).save(tiny_model(tokenizer, seed=1))  # sft rerun
+    with pytest.raises(DatasetError, match=r"these LoRA adapters were trained on other weights "
+                                           rf"than {base} holds now"):
+        HFModelDataset(path=str(tmp_path / "adapter")).load()

@@ -10,6 +10,7 @@ from grao_pipeline.alignment.checkpoints import CheckpointError
 from grao_pipeline.alignment.config import ConfigError, DataConfig, EvalConfig, RewardConfig
 from grao_pipeline.alignment.methods.grao import GRAOMethod, GRAOMethodConfig
 from grao_pipeline.alignment.methods.sft import SFTConfig, SFTMethod
+from grao_pipeline.alignment.run import NoSignalError, train_method
 from grao_pipeline.alignment.trainer import StopTraining, TrainingInterrupted, train
 from tests.fixtures import latest_checkpoint, tiny_model
 from tests.helpers import length_reward
@@ -117,7 +118,7 @@ def test_resume_from_checkpoint_repeats_the_uninterrupted_run(tokenizer, rows, t
     ({"lam": -1.0}, "lam = -1.0: must be >= 0"),
     ({"temperature": 0.0}, "temperature = 0.0: must be > 0"),
     ({"learning_rate": 0.0}, "learning_rate = 0.0: must be > 0"),
-    ({"prompts_per_step": 3, "grad_accum_chunks": 2}, "groups are never split"),
+    ({"prompts_per_step": 3, "grad_accum_chunks": 2}, "must divide prompts_per_step (a chunk holds whole prompts)"),
     ({"checkpoint_every": 5}, "checkpoint_dir = None: is required"),
     ({"epochs_per_rollout": 0}, "epochs_per_rollout = 0: must be >= 1"),
     # types are checked before ranges, and strictly
@@ -312,3 +313,31 @@ def test_sigterm_finishes_the_step_saves_a_checkpoint_and_stops(tiny, rows, tmp_
         train(model, SFTMethod(tok, cfg), rows, cfg, callbacks=[terminate_at_two])
     assert latest_checkpoint(tmp_path).name == "step-000003"
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def constant_reward(prompts, completions, references, **columns):
+    return [1.0] * len(completions)
+
+
+@pytest.mark.parametrize("method", ["grao", "grpo"])
+def test_a_reward_that_cannot_teach_is_flagged_once_naming_it(tokenizer, rows, method, caplog):
+    """Issue 31, case 3: a constant reward trained every step at loss 0 without a word."""
+    cfg = dict(steps=4, prompts_per_step=2, num_generations=2, max_completion_tokens=4,
+               mixed_precision="fp32", show_progress=False, no_signal_steps=2)
+    _, log, _ = train_method(method, tiny_model(tokenizer, seed=0), rows, {method: cfg},
+                             constant_reward)
+    assert [row["frac_reward_zero_std"] for row in log] == [1.0] * 4
+    warnings = [r.getMessage() for r in caplog.records if "nothing is learnt" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"{method}: reward constant_reward gave every group equal "
+                                  "rewards for 2 steps in a row (zero-variance share 1.00, steps 1-2)")
+    with pytest.raises(NoSignalError, match="stop_without_signal: true"):
+        train_method(method, tiny_model(tokenizer, seed=0), rows,
+                     {method: {**cfg, "stop_without_signal": True}}, constant_reward)
+
+
+def test_a_reward_with_signal_is_not_flagged(tokenizer, rows, caplog):
+    cfg = dict(steps=3, prompts_per_step=2, num_generations=2, max_completion_tokens=4,
+               mixed_precision="fp32", show_progress=False, no_signal_steps=1, temperature=1.0)
+    train_method("grao", tiny_model(tokenizer, seed=0), rows, {"grao": cfg}, length_reward)
+    assert "nothing is learnt" not in caplog.text

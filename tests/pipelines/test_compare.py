@@ -153,10 +153,27 @@ def test_a_method_registered_in_a_test_runs_through_kedro_and_compare(project, t
         kedro_run(project, ["compare"], {**COMPARE_RUN, "toy": {"steps": 3}})
 
 
-def _kedro(project: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+def _kedro(project: Path, *args: str, columns: int = 80) -> subprocess.Popen:
+    """``columns``: rich wraps log lines at this width; a wide one keeps a message whole
+    (read such a run with ``communicate``: a full pipe would block its logging)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "COLUMNS": str(columns)}
     return subprocess.Popen([str(Path(sys.executable).parent / "kedro"), "run", *args], cwd=project,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_a_comparison_from_the_base_model_runs_in_a_fresh_clone(project):
+    """Issue 31, case 12: `kedro run --env verifiable --pipelines data_processing,compare`
+    failed in a fresh clone: only the sft pipeline exported data/06_models/base."""
+    (project / "conf/local/parameters.yml").write_text(yaml.safe_dump(TINY_RUN))
+    (project / "conf/local/parameters_compare.yml").write_text(yaml.safe_dump({"compare": {
+        **COMPARE_RUN["compare"], "methods": ["sft_continued"], "seeds": [0],
+        "start_policy": "base_model"}}))
+    assert not (project / "data/06_models/base").exists()
+    kedro_run(project, ["data_processing", "compare"], None)
+    assert (project / "data/06_models/base/config.json").is_file()
+    assert set(pd.read_csv(project / "data/08_reporting/compare_table.csv")["method"]) == {"sft_continued"}
 
 
 @pytest.mark.slow
@@ -188,6 +205,18 @@ def test_an_interrupted_comparison_reruns_only_the_unfinished_runs(project):
         assert (out / run / "scored.jsonl").stat().st_mtime_ns == mtime
     table = pd.read_csv(project / "data/08_reporting/compare_table.csv")
     assert set(table["method"]) == {"sft_continued", "grao"}
+
+    # issue 31, case 4: a changed parameter retrains the runs that read it, and says so
+    before = {r: (out / r / "scored.jsonl").stat().st_mtime_ns for r in runs}
+    (project / "conf/local/parameters.yml").write_text(yaml.safe_dump(
+        {**TINY_RUN, "grao": {**TINY_RUN["grao"], "beta": 0.1, "lam": 0.2}}))
+    third = _kedro(project, "--pipelines", "compare", "--only-missing-outputs", columns=1000)
+    text, _ = third.communicate(timeout=600)
+    assert third.returncode == 0, text
+    retrained = {r for r in runs if (out / r / "scored.jsonl").stat().st_mtime_ns != before[r]}
+    assert retrained == {"grao/seed_0", "grao/seed_1"}, text
+    assert "compare.grao.seed_0: params:grao changed since it ran" in text, text
+    assert json.loads((out / "grao/seed_0/fingerprint.json").read_text())["method"] == "grao"
 
 
 @pytest.mark.slow

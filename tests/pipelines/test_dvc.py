@@ -85,6 +85,14 @@ def test_repro_caches_and_reruns_only_what_changed(repo):
     assert ran(second) == set()
     assert all(f"Stage '{s}' didn't change, skipping" in second for s in stages)
 
+    # issue 31, case 7: the stages read conf/local, so a change there is a change
+    local = repo / "conf/local/parameters.yml"
+    local.write_text(yaml.safe_dump({"grao": {"beta": 0.0}}))
+    status = sh(repo, "dvc", "status")
+    assert all(f"{s}:" in status for s in stages) and re.search(r"modified:\s+conf/local", status), status
+    local.unlink()
+    assert "up to date" in sh(repo, "dvc", "status")
+
     set_params(repo, "parameters_grao.yml", {"beta": 0.3})
     assert ran(sh(repo, "dvc", "repro")) == {"grao", "evaluation"}
 
@@ -134,6 +142,9 @@ def test_a_killed_repro_resumes_and_push_pull_share_head_and_experiments(repo, t
     sh(repo, "dvc", "push")
     clone = tmp_path / "clone"
     sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    # conf/local is not in git, and the stages depend on it: the clone's user configures
+    # the same local model, or `dvc status` rightly reports every stage as changed
+    shutil.copytree(repo / "conf/local", clone / "conf/local", dirs_exist_ok=True)
     sh(clone, "dvc", "pull")
     assert "up to date" in sh(clone, "dvc", "status")
     assert (clone / "data/06_models/checkpoints/grao/step-000030/trainer_state.json").is_file()

@@ -79,6 +79,15 @@ def test_three_trial_study_writes_its_outputs_and_the_tuned_env_round_trips(proj
     kedro_run(project, ["tuning"], {**TINY_RUN, "tuning": {**TINY_TUNING, "n_trials": 4}})
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 4
 
+    # issue 31, case 5: trials under another objective never join the study's old ones,
+    # and the tuned environment is not rewritten from them
+    tuned_before = (project / "conf/tuned/parameters_tuned.yml").read_text()
+    with pytest.raises(Exception, match=re.escape("study 'grao-beta-lambda' holds trials run under "
+                                                  "other settings (steps '2' -> '3')")):
+        kedro_run(project, ["tuning"], {**TINY_RUN, "tuning": {**TINY_TUNING, "steps": 3, "n_trials": 6}})
+    assert len(study.get_trials()) == 4
+    assert (project / "conf/tuned/parameters_tuned.yml").read_text() == tuned_before
+
     # the best values become a config environment that trains the final model
     (project / "conf/tuned/catalog.yml").write_text((project / "conf/local/catalog.yml").read_text())
     with KedroSession.create(project_path=project, env="tuned", runtime_params=TINY_RUN) as session:
@@ -240,3 +249,25 @@ def postgres():
 def test_two_workers_share_a_postgresql_study(project, postgres):
     kedro_run(project, ["data_processing", "sft"])
     two_workers_share_one_study(project, postgres)
+
+
+def _proposals(storage, name: str, seed: int, n: int) -> list[dict]:
+    """``n`` more trials of a toy objective on ``storage`` through the project's search."""
+    cfg = tuning.TuningConfig(study_name=name, storage="sqlite:///unused.db", search_seed=seed)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=tuning.make_search(cfg),
+                                load_if_exists=True, direction="maximize")
+    study.optimize(lambda t: -sum(v for v in tuning.suggest(t, cfg.search_space).values()),
+                   n_trials=n)
+    return [t.params for t in study.trials]
+
+
+def test_a_resumed_study_or_a_second_worker_does_not_repeat_the_first_proposals(tmp_path):
+    """Issue 31, case 6: one seed per process made trial 3 repeat trial 0's (beta, lam)."""
+    storage = f"sqlite:///{tmp_path / 'a.db'}"
+    _proposals(storage, "s", 0, 3)
+    resumed = _proposals(storage, "s", 0, 3)  # a new process on the same study
+    points = [tuple(sorted(p.items())) for p in resumed]
+    assert len(set(points)) == 6, points
+    # one worker's study is reproducible: the same seed on a fresh storage, the same points
+    assert _proposals(f"sqlite:///{tmp_path / 'b.db'}", "s", 0, 6) == resumed
+    assert _proposals(f"sqlite:///{tmp_path / 'c.db'}", "s", 1, 1) != resumed[:1]

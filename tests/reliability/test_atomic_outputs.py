@@ -87,3 +87,43 @@ atomic.JSONDataset(filepath={str(target)!r}).save({{"new": True}})
     assert any(p.name.startswith(".metrics.json.tmp-") for p in tmp_path.iterdir())
     atomic.JSONDataset(filepath=str(target)).save({"new": True})
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+# ---- issue 31, case 9: a save onto a user's folder deleted everything in it -------------
+
+
+def test_a_save_never_deletes_files_this_project_did_not_write(tmp_path, tiny):
+    from kedro.io import DatasetError
+
+    from grao_pipeline.io import HFModelDataset
+
+    folder = tmp_path / "my_models"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("years of work")
+    (folder / "notes").mkdir()
+    with pytest.raises(DatasetError, match=rf"refusing to save over {folder}: it holds "
+                                                 r"notes, thesis.tex, which this project did not write"):
+        HFModelDataset(path=str(folder)).save(tiny)
+    assert sorted(p.name for p in folder.iterdir()) == ["notes", "thesis.tex"]
+    assert not list(tmp_path.glob(".my_models.*")), "the temporary was left behind"
+
+
+def test_our_own_folder_is_replaced_even_where_its_entries_change(tmp_path):
+    from grao_pipeline.alignment.files import MANIFEST, replace_atomically
+
+    def writer(*names):
+        def write(tmp):
+            tmp.mkdir()
+            for name in names:
+                (tmp / name).write_text(name)
+        return write
+
+    folder = tmp_path / "out"
+    replace_atomically(folder, writer("a.safetensors", "config.json"))
+    assert sorted(p.name for p in folder.iterdir()) == [MANIFEST, "a.safetensors", "config.json"]
+    replace_atomically(folder, writer("b.safetensors", "config.json"))  # a.* was ours: it goes
+    assert sorted(p.name for p in folder.iterdir()) == [MANIFEST, "b.safetensors", "config.json"]
+    # an output written before manifests existed is replaced when the new one rewrites it all
+    (folder / MANIFEST).unlink()
+    replace_atomically(folder, writer("b.safetensors", "config.json"))
+    assert (folder / "b.safetensors").exists()

@@ -205,6 +205,23 @@ def test_kedro_refuses_bad_parameters_before_touching_anything(project, section,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("params, message", [
+    # issue 31, case 1: a misspelt section was ignored and the old beta's checkpoint resumed
+    ({"graoo": {"beta": 0.0}}, "parameters section 'graoo' is read by no pipeline, so its values "
+                                "would be ignored (did you mean 'grao'?)"),
+    # issue 31, case 2: a misspelt component at weight 0 was ignored, relevance kept weight 1
+    ({"rewards": {"components": {"relevence": {"weight": 0}}}},
+     "rewards.components.relevence: no reward of that name (did you mean 'relevance'?)"),
+])
+def test_a_misspelt_section_or_reward_name_is_refused_before_any_node(project, params, message):  # noqa: F811
+    kedro_run(project, ["data_processing"])
+    before = sorted(p.relative_to(project) for p in (project / "data").rglob("*"))
+    with pytest.raises(Exception, match=re.escape(message)):
+        kedro_run(project, ["data_processing", "sft", "grao"], {**TINY_RUN, **params})
+    assert sorted(p.relative_to(project) for p in (project / "data").rglob("*")) == before
+
+
+@pytest.mark.slow
 def test_nan_rewards_in_evaluation_fail_naming_the_reward_and_write_no_metrics(project):  # noqa: F811
     params = {**TINY_RUN, "rewards": {"components": {"tests.helpers:half_nan_reward": {"weight": 1.0}}}}
     kedro_run(project, ["data_processing", "sft", "grao"])

@@ -8,9 +8,9 @@ seed, then the summary) is wired in ``pipelines/compare``; every run goes throug
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
-from grao_pipeline.alignment.config import check_types, require
+from grao_pipeline.alignment.config import Range, check_types, require
 from grao_pipeline.alignment.methods import registered_methods
 
 
@@ -32,12 +32,12 @@ class CompareConfig:
     """Named lists of methods that ``methods`` may name."""
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     """Training seeds; every method runs once per seed."""
-    reach_fraction: float = 0.9
+    reach_fraction: Annotated[float, Range(gt=0, le=1)] = 0.9
     """"Steps to reach" = first step where the smoothed training reward has made this
     fraction of its total gain (final − first)."""
-    smoothing_window: int = 3
+    smoothing_window: Annotated[int, Range(ge=1)] = 3
     """Rolling-mean window (steps) for the training reward curve."""
-    bootstrap_resamples: int = 1000
+    bootstrap_resamples: Annotated[int, Range(ge=100)] = 1000
     """Resamples of the two-level (seed, then prompt) bootstrap."""
     table_metrics: list[str] = field(default_factory=list)
     """The columns of the Markdown table, in order (empty: every metric); the CSV table
@@ -63,7 +63,4 @@ class CompareConfig:
         require(len(set(self.methods)) == len(self.methods), self, "methods", "has duplicates")
         require(bool(self.seeds) and len(set(self.seeds)) == len(self.seeds), self, "seeds",
                 "must be non-empty and distinct")
-        require(0 < self.reach_fraction <= 1, self, "reach_fraction", "must be in (0, 1]")
-        require(self.smoothing_window >= 1, self, "smoothing_window", "must be >= 1")
-        require(self.bootstrap_resamples >= 100, self, "bootstrap_resamples", "must be >= 100")
 

@@ -15,7 +15,7 @@ import difflib
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 
 
 class ConfigError(ValueError):
@@ -27,10 +27,45 @@ def require(ok: bool, cls: object, name: str, why: str) -> None:
         raise ConfigError(f"{type(cls).__name__}.{name} = {getattr(cls, name)!r}: {why}")
 
 
+@dataclass(frozen=True)
+class Range:
+    """A bound on a numeric field, declared beside it and checked by ``check_types``:
+    ``steps: Annotated[int, Range(ge=1)] = 20`` refuses 0 with "must be >= 1"."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def holds(self, value: float) -> bool:
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    def __str__(self) -> str:
+        low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None
+        high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return (">= " if low[0] == "[" else "> ") + low[1:]
+        return ("<= " if high[-1] == "]" else "< ") + high[:-1]
+
+
+def _range(hint: Any) -> Range | None:
+    """The ``Range`` of an ``Annotated`` hint, also inside ``X | None``."""
+    if get_origin(hint) is Annotated:
+        return next((m for m in hint.__metadata__ if isinstance(m, Range)), None)
+    if get_origin(hint) in (Union, types.UnionType):
+        return next(filter(None, map(_range, get_args(hint))), None)
+    return None
+
+
 def _matches(value: Any, hint: Any) -> bool:
     """Strict: a bool is not an int, 2.5 is not an int, "false" is not a bool; an int
     is a float."""
     origin, args = get_origin(hint), get_args(hint)
+    if origin is Annotated:
+        return _matches(value, args[0])
     if hint is Any:
         return True
     if origin in (Union, types.UnionType):
@@ -57,6 +92,17 @@ def _matches(value: Any, hint: Any) -> bool:
     return True
 
 
+def _shown(hint: Any) -> str:
+    """A type hint as a user reads it: ``int``, ``float | None`` (no ``Annotated``)."""
+    if get_origin(hint) is Annotated:
+        return _shown(get_args(hint)[0])
+    if get_origin(hint) in (Union, types.UnionType):
+        return " | ".join(map(_shown, get_args(hint)))
+    if hint is type(None):
+        return "None"
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
 def nested(cfg: object, name: str, cls: type) -> None:
     """A nested config section given as a mapping (YAML) becomes its dataclass."""
     value = getattr(cfg, name)
@@ -68,12 +114,15 @@ def nested(cfg: object, name: str, cls: type) -> None:
 
 
 def check_types(cfg: object) -> None:
-    """Refuse any field whose value is not of its declared type, naming field and
-    value, before anything else looks at them."""
-    hints = get_type_hints(type(cfg))
+    """Refuse any field whose value is not of its declared type or outside its declared
+    ``Range``, naming field and value, before anything else looks at them."""
+    hints = get_type_hints(type(cfg), include_extras=True)
     for f in fields(cfg):
         value, hint = getattr(cfg, f.name), hints[f.name]
         if _matches(value, hint):
+            bound = _range(hint)
+            if bound is not None and value is not None and not bound.holds(value):
+                raise ConfigError(f"{type(cfg).__name__}.{f.name} = {value!r}: must be {bound}")
             continue
         if get_origin(hint) is Literal:
             choices = get_args(hint)
@@ -81,8 +130,7 @@ def check_types(cfg: object) -> None:
             raise ConfigError(f"{type(cfg).__name__}.{f.name} = {value!r}: must be one of "
                               f"{', '.join(map(repr, choices))}"
                               + (f" (did you mean {close[0]!r}?)" if close else ""))
-        shown = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-        raise ConfigError(f"{type(cfg).__name__}.{f.name} = {value!r}: must be {shown}, "
+        raise ConfigError(f"{type(cfg).__name__}.{f.name} = {value!r}: must be {_shown(hint)}, "
                           f"not {type(value).__name__}")
 
 
@@ -98,7 +146,7 @@ class DataConfig:
     ``rejected``, ``chosen`` and ``turns`` name the columns each format reads (missing
     keys mean the same name); any other key is an extra column to keep under that name,
     e.g. ``answer: final_answer``: rewards and evaluation receive it as a keyword."""
-    min_chars: int = 2
+    min_chars: Annotated[int, Range(ge=1)] = 2
     """Shortest prompt or answer kept, in characters after whitespace cleaning."""
     max_prompt_chars: int = 200
     """Longest prompt kept, in characters; keeps rollouts cheap on CPU."""
@@ -117,7 +165,6 @@ class DataConfig:
         require(not bad, self, "columns", f"keys and values must be column names, not {bad}")
         require("finished" not in self.columns, self, "columns",
                 "'finished' is reserved: the harness passes it to rewards (the answer ended with EOS)")
-        require(self.min_chars >= 1, self, "min_chars", "must be >= 1")
         require(self.max_prompt_chars > self.min_chars, self, "max_prompt_chars",
                 "must exceed min_chars")
         require(self.max_answer_chars > self.min_chars, self, "max_answer_chars",
@@ -138,7 +185,7 @@ class RewardConfig:
     by default, see rewards.py); any name registered with ``register_reward``; or
     ``"package.module:function"`` for a plain Python function (this runs code named in
     config: only use modules you trust)."""
-    tie_margin: float = 0.05
+    tie_margin: Annotated[float, Range(ge=0)] = 0.05
     """|Q(a) - Q(b)| <= tie_margin is judged a tie by the pairwise judge."""
 
     def __post_init__(self) -> None:
@@ -155,7 +202,6 @@ class RewardConfig:
                                   "must be a number")
         require(any(b["weight"] != 0 for b in self.components.values()), self, "components",
                 "every weight is 0, so every reward is 0 and nothing would be learnt")
-        require(self.tie_margin >= 0, self, "tie_margin", "must be >= 0")
 
 
 @dataclass
@@ -166,9 +212,9 @@ class LoRAConfig:
 
     enabled: bool = False
     """Train LoRA adapters instead of every weight."""
-    rank: int = 8
+    rank: Annotated[int, Range(ge=1)] = 8
     """r: the adapters' rank."""
-    alpha: int = 16
+    alpha: Annotated[int, Range(gt=0)] = 16
     """Scaling numerator: the adapter output is multiplied by alpha / rank."""
     dropout: float = 0.0
     """LoRA dropout. Must be 0: the trainer keeps the model in eval mode so that the
@@ -183,8 +229,6 @@ class LoRAConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        require(self.rank >= 1, self, "rank", "must be >= 1")
-        require(self.alpha > 0, self, "alpha", "must be > 0")
         require(self.dropout == 0.0, self, "dropout",
                 "must be 0: training runs in eval mode, where dropout does nothing")
         require(bool(self.target_modules), self, "target_modules", "must name at least one module")
@@ -194,22 +238,26 @@ class LoRAConfig:
 class TrainConfig:
     """What every method shares: optimiser, budget, precision, checkpoints."""
 
-    steps: int = 20
+    batch_field: ClassVar[str] = ""
+    """The field that counts a step's rows (``batch_size``, ``prompts_per_step``):
+    ``grad_accum_chunks`` must divide it, since a chunk holds whole prompts."""
+
+    steps: Annotated[int, Range(ge=1)] = 20
     """Optimiser steps (one per batch; for GRAO one per rollout batch)."""
-    learning_rate: float = 1e-5
+    learning_rate: Annotated[float, Range(gt=0)] = 1e-5
     """AdamW learning rate (paper: 1e-6 at batch 64 on 7B models)."""
-    weight_decay: float = 0.01
+    weight_decay: Annotated[float, Range(ge=0)] = 0.01
     """AdamW weight decay (paper: 0.01)."""
-    warmup_steps: int = 0
+    warmup_steps: Annotated[int, Range(ge=0)] = 0
     """Linear warm-up steps, then constant."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: Annotated[float, Range(gt=0)] = 1.0
     """Gradient-norm clipping threshold."""
-    grad_accum_chunks: int = 1
+    grad_accum_chunks: Annotated[int, Range(ge=1)] = 1
     """Split each batch into this many chunks of whole prompts and accumulate; the
     update is the same as without chunking, memory is lower."""
-    max_prompt_tokens: int = 96
+    max_prompt_tokens: Annotated[int, Range(ge=1)] = 96
     """Longest tokenised prompt (chat template included); longer ones are refused."""
-    max_completion_tokens: int = 48
+    max_completion_tokens: Annotated[int, Range(ge=1)] = 48
     """Longest completion: new tokens sampled, and the cut for reference answers."""
     mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
     """bf16 autocast for every forward of a step (scoring and the update), or plain fp32;
@@ -220,9 +268,9 @@ class TrainConfig:
     repeats the uninterrupted one."""
     checkpoint_dir: str | None = None
     """Where periodic checkpoints go; None disables them."""
-    checkpoint_every: int = 0
+    checkpoint_every: Annotated[int, Range(ge=0)] = 0
     """Steps between checkpoints; 0 disables them."""
-    checkpoints_to_keep: int = 2
+    checkpoints_to_keep: Annotated[int, Range(ge=1)] = 2
     """Newest checkpoints kept on disk."""
     resume: bool = True
     """Resume from the newest complete checkpoint in ``checkpoint_dir`` if there is one."""
@@ -233,38 +281,31 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more
     update time."""
-    router_aux_loss_coef: float | None = None
+    router_aux_loss_coef: Annotated[float, Range(ge=0)] | None = None
     """Mixture-of-experts policies only: weight of the router's load-balancing loss
     added to the method's loss; None takes the model config's ``router_aux_loss_coef``."""
 
     def __post_init__(self) -> None:
         nested(self, "lora", LoRAConfig)
         check_types(self)
-        require(self.steps >= 1, self, "steps", "must be >= 1")
-        require(self.router_aux_loss_coef is None or self.router_aux_loss_coef >= 0, self,
-                "router_aux_loss_coef", "must be >= 0 or null")
-        require(self.learning_rate > 0, self, "learning_rate", "must be > 0")
-        require(self.weight_decay >= 0, self, "weight_decay", "must be >= 0")
-        require(self.warmup_steps >= 0, self, "warmup_steps", "must be >= 0")
-        require(self.max_grad_norm > 0, self, "max_grad_norm", "must be > 0")
-        require(self.grad_accum_chunks >= 1, self, "grad_accum_chunks", "must be >= 1")
-        require(self.max_prompt_tokens >= 1, self, "max_prompt_tokens", "must be >= 1")
-        require(self.max_completion_tokens >= 1, self, "max_completion_tokens", "must be >= 1")
-        require(self.checkpoint_every >= 0, self, "checkpoint_every", "must be >= 0")
-        require(self.checkpoints_to_keep >= 1, self, "checkpoints_to_keep", "must be >= 1")
         require(self.checkpoint_every == 0 or self.checkpoint_dir is not None, self,
                 "checkpoint_dir", "is required when checkpoint_every > 0")
+        if self.batch_field:
+            require(getattr(self, self.batch_field) % self.grad_accum_chunks == 0, self,
+                    "grad_accum_chunks", f"must divide {self.batch_field} (a chunk holds whole prompts)")
 
 
 @dataclass
 class RolloutConfig(TrainConfig):
     """What every on-policy method shares: the same rollout for GRAO, GRPO and PPO."""
 
-    prompts_per_step: int = 4
+    batch_field: ClassVar[str] = "prompts_per_step"
+
+    prompts_per_step: Annotated[int, Range(ge=1)] = 4
     """Prompts per rollout batch (one optimiser step each)."""
     num_generations: int = 4
     """G: completions sampled per prompt (paper: 8)."""
-    temperature: float = 0.7
+    temperature: Annotated[float, Range(gt=0)] = 0.7
     """Sampling temperature (paper: 0.7); no top-k/top-p truncation."""
     sampling_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """dtype of the sampling copy of the policy; ``auto`` = bfloat16 where the hardware
@@ -276,55 +317,48 @@ class RolloutConfig(TrainConfig):
     ~2× faster generation, docs/performance.md) and fails where it cannot; ``off``
     keeps oneDNN-packed linears and the Python decode loop (tokens bit-identical to
     ``generate``); ``auto`` = ``fused`` where it runs, else ``off``, with the reason logged."""
-    kl_coef: float = 0.0
+    kl_coef: Annotated[float, Range(ge=0)] = 0.0
     """Weight of the per-token KL penalty to the frozen start policy (GRPO's k3 estimator
     in the loss; PPO's log-ratio in the reward). 0 switches it off and saves the frozen
     copy of the model; a comparison is fair only when every method pays the same."""
-    epochs_per_rollout: int = 1
+    epochs_per_rollout: Annotated[int, Range(ge=1)] = 1
     """Optimiser steps per rollout (TRL's ``num_iterations``). 1 is on-policy; > 1 reuses
     the rollout through a clipped importance ratio against the rollout-time policy."""
-    adv_eps: float = 1e-4
+    adv_eps: Annotated[float, Range(gt=0)] = 1e-4
     """eps in Â = (r − mean) / (std + eps): keeps a near-constant group's advantages finite."""
+    no_signal_steps: Annotated[int, Range(ge=0)] = 3
+    """Warn once when every group's rewards were all equal for this many steps in a row:
+    the group-relative advantages are then 0 and nothing is learnt (a constant reward, a
+    judge that always ties). 0 = never check."""
+    stop_without_signal: bool = False
+    """With ``no_signal_steps``: end the run with an error instead of a warning."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.prompts_per_step >= 1, self, "prompts_per_step", "must be >= 1")
         require(self.num_generations >= 2, self, "num_generations",
                 "G must be >= 2: a group of one has no relative advantage")
-        require(self.temperature > 0, self, "temperature", "must be > 0 (sampling)")
-        require(self.prompts_per_step % self.grad_accum_chunks == 0, self,
-                "grad_accum_chunks", "must divide prompts_per_step (groups are never split)")
-        require(self.kl_coef >= 0, self, "kl_coef", "must be >= 0")
-        require(self.epochs_per_rollout >= 1, self, "epochs_per_rollout", "must be >= 1")
-        require(self.adv_eps > 0, self, "adv_eps", "must be > 0")
 
 
 @dataclass
 class EvalConfig:
     """Held-out evaluation: fixed decoding, rewards, bootstrap intervals."""
 
-    num_prompts: int = 64
+    num_prompts: Annotated[int, Range(ge=2)] = 64
     """Test prompts evaluated (the first N of the test split)."""
-    max_new_tokens: int = 48
+    max_new_tokens: Annotated[int, Range(ge=1)] = 48
     """Tokens generated per answer."""
-    max_prompt_tokens: int = 96
+    max_prompt_tokens: Annotated[int, Range(ge=1)] = 96
     """Longest tokenised prompt; longer ones are refused."""
     do_sample: bool = False
     """False = greedy decoding (the default: deterministic, comparable across models)."""
-    temperature: float = 1.0
+    temperature: Annotated[float, Range(gt=0)] = 1.0
     """Sampling temperature when ``do_sample``."""
-    batch_size: int = 32
+    batch_size: Annotated[int, Range(ge=1)] = 32
     """Prompts generated per batch."""
-    bootstrap_resamples: int = 1000
+    bootstrap_resamples: Annotated[int, Range(ge=100)] = 1000
     """Bootstrap resamples for the 95% intervals."""
     seed: int = 0
     """Seed for sampling and the bootstrap."""
 
     def __post_init__(self) -> None:
         check_types(self)
-        require(self.num_prompts >= 2, self, "num_prompts", "must be >= 2")
-        require(self.max_new_tokens >= 1, self, "max_new_tokens", "must be >= 1")
-        require(self.max_prompt_tokens >= 1, self, "max_prompt_tokens", "must be >= 1")
-        require(self.temperature > 0, self, "temperature", "must be > 0")
-        require(self.batch_size >= 1, self, "batch_size", "must be >= 1")
-        require(self.bootstrap_resamples >= 100, self, "bootstrap_resamples", "must be >= 100")

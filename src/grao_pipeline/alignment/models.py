@@ -9,6 +9,7 @@ corrupt or pickle-only one is refused naming the file.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -95,6 +96,34 @@ def check_if_local(source: str) -> None:
 
 
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_BASE = "adapter_base.json"
+"""Beside saved adapters: their base folder and the SHA-256 of its weights, so adapters
+are never put on a base that was replaced since (a rerun of ``sft``)."""
+
+
+def weights_digest(folder: Path) -> str:
+    """SHA-256 of a model folder's safetensors files, by name and content."""
+    digest = hashlib.sha256()
+    for file in sorted(folder.glob("*.safetensors")):
+        digest.update(file.name.encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def check_adapter_base(path: Path, base: str) -> None:
+    """Refuse adapters whose base folder's weights changed since they were saved."""
+    try:
+        recorded = json.loads((path / ADAPTER_BASE).read_text())["sha256"]
+    except FileNotFoundError:
+        logger.warning("%s: no %s, so the base model %s cannot be checked against the one "
+                       "the adapters were trained on", path, ADAPTER_BASE, base)
+        return
+    if not Path(base).is_dir() or weights_digest(Path(base)) != recorded:
+        raise ValueError(f"{path}: these LoRA adapters were trained on other weights than "
+                         f"{base} holds now (its safetensors changed since they were saved, e.g. "
+                         "a rerun of sft). Retrain the adapters on the new base, or restore the old one")
 
 
 def is_adapter_dir(source: str | Path) -> bool:
@@ -115,6 +144,7 @@ def load_adapters(path: Path, dtype: torch.dtype, trust_remote_code: bool) -> Mo
         raise FileNotFoundError(f"{path} has no adapter_model.safetensors")
     with safe_open(str(weights), framework="pt"):
         pass
+    check_adapter_base(path, base)
     base_model = load_model(base, dtype, trust_remote_code).model
     model = PeftModel.from_pretrained(base_model, str(path), is_trainable=True)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
@@ -154,6 +184,10 @@ def save_model(bundle: ModelAndTokenizer, path: str | Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     bundle.model.save_pretrained(path, safe_serialization=True)
     bundle.tokenizer.save_pretrained(path)
+    if base is not None:
+        folder = Path(base.base_model_name_or_path)
+        (path / ADAPTER_BASE).write_text(json.dumps({"base": str(folder),
+                                                     "sha256": weights_digest(folder)}))
 
 
 def import_gguf(gguf_dir: str | Path, gguf_file: str) -> ModelAndTokenizer:

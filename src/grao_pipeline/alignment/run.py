@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from grao_pipeline.alignment.config import TrainConfig
+from grao_pipeline.alignment.config import RolloutConfig, TrainConfig
 from grao_pipeline.alignment.lora import finished, with_adapters
 from grao_pipeline.alignment.methods import MethodSpec, phase_specs
 from grao_pipeline.alignment.models import ModelAndTokenizer, context_length
@@ -50,6 +50,44 @@ def method_configs(name: str, sections: Mapping[str, Any], changes: Mapping[str,
     return out
 
 
+class NoSignalError(RuntimeError):
+    """Every group's rewards were equal for ``no_signal_steps`` steps in a row."""
+
+
+def reward_label(reward: RewardFn) -> str:
+    weights = getattr(reward, "weights", None)  # CompositeReward
+    if weights:
+        return " + ".join(f"{w:g}·{name}" for name, w in weights.items())
+    return getattr(reward, "__name__", type(reward).__name__)
+
+
+class SignalWatch:
+    """A ``train`` callback: flags a reward that cannot teach, i.e. every group of
+    ``steps`` consecutive steps had zero reward variance (``frac_reward_zero_std`` = 1)."""
+
+    def __init__(self, method: str, reward: RewardFn, steps: int, stop: bool):
+        self.method, self.label, self.steps, self.stop = method, reward_label(reward), steps, stop
+        self.run = 0
+        self.warned = False
+
+    def __call__(self, step: int, row: dict) -> None:
+        share = row.get("frac_reward_zero_std")
+        if share is None or self.steps == 0 or self.warned:
+            return
+        self.run = self.run + 1 if share >= 1.0 else 0
+        if self.run < self.steps:
+            return
+        message = (f"{self.method}: reward {self.label} gave every group equal rewards for "
+                   f"{self.run} steps in a row (zero-variance share {share:.2f}, steps "
+                   f"{step - self.run + 1}-{step}), so every advantage is 0 and nothing is "
+                   "learnt. Check the reward (constant? a judge that always ties?), or raise "
+                   "temperature or num_generations")
+        if self.stop:
+            raise NoSignalError(message + " (stop_without_signal: true)")
+        log.warning(message)
+        self.warned = True
+
+
 def train_method(name: str, policy: ModelAndTokenizer, rows: list[dict],
                  sections: Mapping[str, Any], reward: RewardFn | None = None,
                  changes: Mapping[str, Any] | None = None, budget: int | None = None,
@@ -80,7 +118,9 @@ def train_method(name: str, policy: ModelAndTokenizer, rows: list[dict],
             log.info("%s: %s", spec.name, report)
         check_prompt_lengths(tokenizer, sorted({r["prompt"] for r in phase_rows}),
                              cfg.max_prompt_tokens, cfg.max_completion_tokens, context_length(model))
-        result = train(model, method, phase_rows, cfg, callbacks, context)
+        watch = ([SignalWatch(spec.name, reward, cfg.no_signal_steps, cfg.stop_without_signal)]
+                 if isinstance(cfg, RolloutConfig) and reward is not None else [])
+        result = train(model, method, phase_rows, cfg, [*callbacks, *watch], context)
         model = result.model
         offset = len(history)
         phase_log = [{**row, "phase": spec.name, "step": row["step"] + offset} for row in result.log]

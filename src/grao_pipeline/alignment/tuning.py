@@ -23,6 +23,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import hashlib
+import json
 import logging
 import os
 import time
@@ -30,7 +32,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import datasets
 import numpy as np
@@ -44,9 +46,11 @@ from optuna.storages import (
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from grao_pipeline.alignment.checkpoints import rows_fingerprint, weights_fingerprint
 from grao_pipeline.alignment.config import (
     ConfigError,
     EvalConfig,
+    Range,
     RewardConfig,
     check_types,
     require,
@@ -56,6 +60,7 @@ from grao_pipeline.alignment.methods import parameter_sections, registered_metho
 from grao_pipeline.alignment.models import ModelAndTokenizer
 from grao_pipeline.alignment.rewards import CompositeReward
 from grao_pipeline.alignment.run import train_method
+from grao_pipeline.alignment.studies import PerTrialSeed, bind_objective
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -77,15 +82,15 @@ class StudyConfig:
     machine: JournalFileBackend), any SQLAlchemy URL such as
     ``postgresql+psycopg://user@host/db`` (several machines), or ``env:<VAR>`` to read
     the URL from an environment variable (keeps passwords out of conf/base)."""
-    steps: int = 8
+    steps: Annotated[int, Range(ge=1)] = 8
     """Optimiser steps per trial (the trial's budget)."""
-    eval_prompts: int = 24
+    eval_prompts: Annotated[int, Range(ge=2)] = 24
     """Validation prompts scored per evaluation (never the test split)."""
-    heartbeat_interval: int = 10
+    heartbeat_interval: Annotated[int, Range(ge=1)] = 10
     """Seconds between a running trial's heartbeats (RDB storages only)."""
     grace_period: int = 30
     """A running trial with no heartbeat for this long is failed and retried."""
-    max_retry: int = 2
+    max_retry: Annotated[int, Range(ge=0)] = 2
     """Retries of a trial whose worker died."""
 
     def __post_init__(self) -> None:
@@ -96,12 +101,8 @@ class StudyConfig:
         require(self.storage.startswith(("sqlite:///", "journal:", "env:")) or "://" in self.storage,
                 self, "storage", "must be sqlite:///<path>, journal:<path>, env:<VAR> or a "
                 "SQLAlchemy URL")
-        require(self.steps >= 1, self, "steps", "must be >= 1")
-        require(self.eval_prompts >= 2, self, "eval_prompts", "must be >= 2")
-        require(self.heartbeat_interval >= 1, self, "heartbeat_interval", "must be >= 1")
         require(self.grace_period > self.heartbeat_interval, self, "grace_period",
                 "must exceed heartbeat_interval")
-        require(self.max_retry >= 0, self, "max_retry", "must be >= 0")
 
 
 @dataclass
@@ -117,16 +118,18 @@ class TuningConfig(StudyConfig):
     search: Literal["tpe", "random"] = "tpe"
     """How trials are proposed: TPE (Optuna's default sampler, seeded) or random search."""
     search_seed: int = 0
-    """Seed of the search, so a study is reproducible."""
+    """Seeds each trial's proposals with the study name and the trial number: one
+    worker's study is reproducible, and a resumed study or an extra worker never repeats
+    earlier proposals."""
     pruner: Literal["median", "hyperband", "none"] = "median"
     """Stops trials whose intermediate validation score is poor."""
-    pruner_startup_trials: int = 3
+    pruner_startup_trials: Annotated[int, Range(ge=0)] = 3
     """MedianPruner: trials completed before any pruning."""
-    pruner_warmup_steps: int = 0
+    pruner_warmup_steps: Annotated[int, Range(ge=0)] = 0
     """MedianPruner: steps of a trial before it can be pruned."""
-    eval_every: int = 4
+    eval_every: Annotated[int, Range(ge=1)] = 4
     """Report an intermediate validation score to the pruner every k steps."""
-    n_trials: int = 12
+    n_trials: Annotated[int, Range(ge=1)] = 12
     """Finished trials (complete or pruned) the study stops at, over all workers."""
     timeout: float | None = None
     """Seconds this worker may run before it stops starting trials; None = no limit."""
@@ -150,10 +153,6 @@ class TuningConfig(StudyConfig):
                 raise ConfigError(f"TuningConfig.search_space.{name}: {self.method!r} has no such "
                                   "setting" + (f"; did you mean {close[0]!r}?" if close else
                                                f"; its settings are {', '.join(sorted(known))}"))
-        require(self.pruner_startup_trials >= 0, self, "pruner_startup_trials", "must be >= 0")
-        require(self.pruner_warmup_steps >= 0, self, "pruner_warmup_steps", "must be >= 0")
-        require(self.eval_every >= 1, self, "eval_every", "must be >= 1")
-        require(self.n_trials >= 1, self, "n_trials", "must be >= 1")
         require(self.timeout is None or self.timeout > 0, self, "timeout", "must be > 0 or null")
 
 
@@ -293,11 +292,36 @@ def trial_objective(cfg: StudyConfig, start_policy: ModelAndTokenizer, rows: lis
     return objective
 
 
+def objective_settings(cfg: StudyConfig, start_policy: ModelAndTokenizer, rows: list[dict],
+                       sections: Mapping[str, Any], score: ValidationScore,
+                       searched: set[str]) -> dict[str, str]:
+    """What a trial's value depends on besides its proposed values (``searched``): trials
+    of one study are comparable only while these stay the same."""
+    def digest(value: Any) -> str:
+        text = json.dumps(value, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    fixed = {name: {k: v for k, v in (dataclasses.asdict(c) if dataclasses.is_dataclass(c)
+                                      else dict(c)).items() if k not in searched}
+             for name, c in sections.items()}
+    return {"method": cfg.method, "objective": cfg.objective, "steps": str(cfg.steps),
+            "eval_prompts": str(cfg.eval_prompts), "method parameters": digest(fixed),
+            "evaluation": digest(dataclasses.asdict(score.evaluation)),
+            "rewards": digest(dataclasses.asdict(score.rewards)),
+            "training rows": rows_fingerprint(rows)[:16],
+            "validation rows": rows_fingerprint(score.validation_set.to_list())[:16],
+            "start policy": weights_fingerprint([start_policy.model])[:16]}
+
+
 def open_study(cfg: StudyConfig, search: optuna.samplers.BaseSampler,
-               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
-    return optuna.create_study(study_name=cfg.study_name, storage=make_storage(cfg),
-                               sampler=search, pruner=pruner, direction="maximize",
-                               load_if_exists=True)
+               pruner: optuna.pruners.BasePruner | None = None,
+               settings: dict[str, str] | None = None) -> optuna.Study:
+    study = optuna.create_study(study_name=cfg.study_name, storage=make_storage(cfg),
+                                sampler=search, pruner=pruner, direction="maximize",
+                                load_if_exists=True)
+    if settings is not None:
+        bind_objective(study, settings)
+    return study
 
 
 def make_pruner(cfg: TuningConfig) -> optuna.pruners.BasePruner:
@@ -309,13 +333,17 @@ def make_pruner(cfg: TuningConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+def make_search(cfg: TuningConfig) -> PerTrialSeed:
+    kind = optuna.samplers.TPESampler if cfg.search == "tpe" else optuna.samplers.RandomSampler
+    return PerTrialSeed(lambda seed: kind(seed=seed), cfg.search_seed)
+
+
 def run_tuning(cfg: TuningConfig, start_policy: ModelAndTokenizer, rows: list[dict],
                sections: Mapping[str, Any], score: ValidationScore) -> optuna.Study:
     """Add trials to the study until it has ``n_trials`` finished ones (over every
     worker) or ``timeout`` passes; resumes whatever the storage already holds."""
-    search = (optuna.samplers.TPESampler(seed=cfg.search_seed) if cfg.search == "tpe"
-              else optuna.samplers.RandomSampler(seed=cfg.search_seed))
-    study = open_study(cfg, search, make_pruner(cfg))
+    settings = objective_settings(cfg, start_policy, rows, sections, score, set(cfg.search_space))
+    study = open_study(cfg, make_search(cfg), make_pruner(cfg), settings)
     objective = trial_objective(cfg, start_policy, rows, sections, score,
                                 lambda t: suggest(t, cfg.search_space), cfg.eval_every)
     if _finished(study) < cfg.n_trials:
@@ -332,9 +360,10 @@ def run_sensitivity(cfg: SensitivityConfig, start_policy: ModelAndTokenizer, row
     grid = {"beta": list(cfg.betas), "lam": list(cfg.lams), "seed": [cfg.centre_seeds[0]]}
     centre = {"beta": [cfg.centre["beta"]], "lam": [cfg.centre["lam"]], "seed": list(cfg.centre_seeds[1:])}
     studies = []
+    settings = objective_settings(cfg, start_policy, rows, sections, score, set(grid))
     for name, space in ((cfg.study_name, grid), (f"{cfg.study_name}-centre", centre)):
         study = open_study(dataclasses.replace(cfg, study_name=name),
-                           optuna.samplers.GridSampler(space, seed=0))
+                           optuna.samplers.GridSampler(space, seed=0), settings=settings)
         objective = trial_objective(
             cfg, start_policy, rows, sections, score,
             lambda t, s=space: {k: t.suggest_categorical(k, v) for k, v in s.items()}, None)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 
-from grao_pipeline.alignment.config import TrainConfig, require
+from grao_pipeline.alignment.config import Range, TrainConfig
 from grao_pipeline.alignment.generation import Sampler
 from grao_pipeline.alignment.losses import dpo_loss
 from grao_pipeline.alignment.methods.base import (
@@ -33,31 +33,22 @@ from grao_pipeline.alignment.tokens import encode_completions, encode_prompts
 class DPOConfig(TrainConfig):
     """DPO: sigmoid loss on (chosen, rejected) pairs against the frozen starting policy."""
 
-    beta: float = 0.1
+    beta: Annotated[float, Range(gt=0)] = 0.1
     """DPO's β: the inverse temperature of its sigmoid loss (TRL's default). Not GRAO's
     β, which weights the imitation term."""
-    batch_size: int = 4
+    batch_size: Annotated[int, Range(ge=1)] = 4
     """Preference pairs per optimiser step."""
+    batch_field: ClassVar[str] = "batch_size"
     pair_source: Literal["auto", "dataset", "synthetic"] = "auto"
     """``dataset`` uses the data's rejected answers (HH-RLHF); ``synthetic`` samples
     ``candidates_per_prompt`` answers from the starting policy and pairs the best against
     the worst by reward; ``auto`` = dataset where a ``rejected`` column exists."""
-    candidates_per_prompt: int = 4
+    candidates_per_prompt: Annotated[int, Range(ge=2)] = 4
     """K answers sampled per prompt for synthetic pairs."""
-    synthetic_prompts: int = 32
+    synthetic_prompts: Annotated[int, Range(ge=1)] = 32
     """Prompts used to build synthetic pairs (budget: K·this generated samples)."""
-    temperature: float = 0.7
+    temperature: Annotated[float, Range(gt=0)] = 0.7
     """Sampling temperature for synthetic candidates."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.beta > 0, self, "beta", "must be > 0")
-        require(self.batch_size >= 1, self, "batch_size", "must be >= 1")
-        require(self.batch_size % self.grad_accum_chunks == 0, self, "grad_accum_chunks",
-                "must divide batch_size")
-        require(self.candidates_per_prompt >= 2, self, "candidates_per_prompt", "must be >= 2")
-        require(self.synthetic_prompts >= 1, self, "synthetic_prompts", "must be >= 1")
-        require(self.temperature > 0, self, "temperature", "must be > 0")
 
 
 @dataclass

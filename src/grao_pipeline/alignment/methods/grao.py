@@ -11,11 +11,12 @@ clipped ratio over several epochs are optional and off.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
 from grao_pipeline.alignment.advantages import group_advantages
-from grao_pipeline.alignment.config import RolloutConfig, require
+from grao_pipeline.alignment.config import Range, RolloutConfig
 from grao_pipeline.alignment.losses import grao_loss, k3_kl
 from grao_pipeline.alignment.methods.base import RolloutMethod, member_logps, pad_to
 from grao_pipeline.alignment.methods.registry import MethodSpec, register_method
@@ -28,22 +29,19 @@ class GRAOMethodConfig(RolloutConfig):
     """GRAO (docs/method.md): rollout, group advantages, three-term loss. (TRL users: the
     adapter in ``integrations/trl.py`` has its own ``GRAOMethodConfig``, a TRL ``GRPOConfig``.)"""
 
-    beta: float = 0.5
+    beta: Annotated[float, Range(ge=0)] = 0.5
     """β: weight of the imitation term Â_y·ℓ(y) (paper: 0.5)."""
-    lam: float = 0.6
+    lam: Annotated[float, Range(ge=0)] = 0.6
     """λ: weight of the alignment regulariser Â_i·(ℓ(o_i) − ℓ(y)) (paper: 0.6)."""
     exploration: bool = True
     """Keep the exploration term Â_i·ℓ(o_i); False is the "no exploration" ablation."""
     include_reference_in_group: bool = True
     """Compute the group mean/std over {o_1..o_G, y} (default) or over the samples only."""
-    clip_eps: float = 0.2
+    clip_eps: Annotated[float, Range(gt=0, lt=1)] = 0.2
     """Ratio clip range used when ``epochs_per_rollout`` > 1."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.beta >= 0, self, "beta", "must be >= 0")
-        require(self.lam >= 0, self, "lam", "must be >= 0")
-        require(0 < self.clip_eps < 1, self, "clip_eps", "must be in (0, 1)")
 
 
 @dataclass

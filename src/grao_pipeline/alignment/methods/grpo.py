@@ -4,13 +4,13 @@ clipped ratio, k3 KL to the frozen start policy, four loss aggregations."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from accelerate.state import PartialState
 
 from grao_pipeline.alignment.advantages import GroupAdvantages, group_advantages
-from grao_pipeline.alignment.config import RolloutConfig, require
+from grao_pipeline.alignment.config import Range, RolloutConfig
 from grao_pipeline.alignment.losses import grpo_loss
 from grao_pipeline.alignment.methods.base import RolloutMethod, global_sum, member_logps
 from grao_pipeline.alignment.methods.registry import MethodSpec, register_method
@@ -22,9 +22,9 @@ class GRPOConfig(RolloutConfig):
     """GRPO: group advantages over the samples only, clipped ratio, and the k3 KL to the
     frozen start policy weighted by ``kl_coef``."""
 
-    clip_eps_low: float = 0.2
+    clip_eps_low: Annotated[float, Range(gt=0, lt=1)] = 0.2
     """Ratio clip 1 − eps_low."""
-    clip_eps_high: float = 0.2
+    clip_eps_high: Annotated[float, Range(gt=0)] = 0.2
     """Ratio clip 1 + eps_high (DAPO raises this, e.g. 0.28)."""
     aggregation: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
     """Per-token loss -> scalar: see ``losses.grpo_loss``."""
@@ -35,8 +35,6 @@ class GRPOConfig(RolloutConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(0 < self.clip_eps_low < 1, self, "clip_eps_low", "must be in (0, 1)")
-        require(self.clip_eps_high > 0, self, "clip_eps_high", "must be > 0")
 
 
 @dataclass

@@ -12,10 +12,11 @@ log-probs take a forward of their own (GRAO shares one). μ = 0 is GRPO exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
-from grao_pipeline.alignment.config import require
+from grao_pipeline.alignment.config import Range
 from grao_pipeline.alignment.losses import sft_loss
 from grao_pipeline.alignment.methods.base import member_logps
 from grao_pipeline.alignment.methods.grpo import GRPOConfig, GRPOMethod, SampleBatch
@@ -28,12 +29,8 @@ from grao_pipeline.alignment.tokens import encode_completions
 class GRPOSFTConfig(GRPOConfig):
     """GRPO plus a fixed μ times the SFT loss on the reference y (``methods/grpo_sft.py``)."""
 
-    sft_coef: float = 0.1
+    sft_coef: Annotated[float, Range(ge=0)] = 0.1
     """μ: weight of the length-normalised NLL of y added to the GRPO loss (0 = GRPO)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.sft_coef >= 0, self, "sft_coef", "must be >= 0")
 
 
 @dataclass

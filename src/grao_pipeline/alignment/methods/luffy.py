@@ -14,12 +14,12 @@ false`` drops y from the group and the loss: GRPO with token-mean aggregation, e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 
 from grao_pipeline.alignment.advantages import group_advantages
-from grao_pipeline.alignment.config import require
+from grao_pipeline.alignment.config import Range
 from grao_pipeline.alignment.losses import shaped_off_policy_loss
 from grao_pipeline.alignment.methods.base import member_logps
 from grao_pipeline.alignment.methods.grpo import GRPOConfig, GRPOMethod
@@ -39,12 +39,8 @@ class LUFFYConfig(GRPOConfig):
     step's token normaliser, so no other aggregation is offered."""
     off_policy: bool = True
     """y in the group and in the loss; false gives GRPO with token-mean aggregation."""
-    shaping_gamma: float = 0.1
+    shaping_gamma: Annotated[float, Range(gt=0)] = 0.1
     """γ of the shaping f(π) = π / (π + γ) on y's tokens."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.shaping_gamma > 0, self, "shaping_gamma", "must be > 0")
 
 
 @dataclass

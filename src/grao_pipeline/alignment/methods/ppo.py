@@ -6,11 +6,12 @@ step (every rank's tokens)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
 from grao_pipeline.alignment.advantages import gae, whiten
-from grao_pipeline.alignment.config import RolloutConfig, require
+from grao_pipeline.alignment.config import Range, RolloutConfig
 from grao_pipeline.alignment.losses import ppo_loss
 from grao_pipeline.alignment.methods.base import RolloutMethod, global_sum, member_logps
 from grao_pipeline.alignment.methods.grpo import SampleBatch
@@ -23,24 +24,19 @@ class PPOConfig(RolloutConfig):
     """PPO: value head on the policy trunk, GAE, clipped ratio, and the KL to the start
     policy as a per-token penalty −kl_coef·(log π − log π_start) in the reward."""
 
-    gamma: float = 1.0
+    gamma: Annotated[float, Range(gt=0, le=1)] = 1.0
     """Discount over completion tokens."""
-    gae_lambda: float = 0.95
+    gae_lambda: Annotated[float, Range(ge=0, le=1)] = 0.95
     """GAE λ."""
-    clip_eps: float = 0.2
+    clip_eps: Annotated[float, Range(gt=0, lt=1)] = 0.2
     """Policy ratio clip."""
-    value_clip: float = 0.2
+    value_clip: Annotated[float, Range(gt=0)] = 0.2
     """Value prediction clip around the rollout-time values."""
-    value_coef: float = 0.1
+    value_coef: Annotated[float, Range(ge=0)] = 0.1
     """Weight of the value loss."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(0 < self.gamma <= 1, self, "gamma", "must be in (0, 1]")
-        require(0 <= self.gae_lambda <= 1, self, "gae_lambda", "must be in [0, 1]")
-        require(0 < self.clip_eps < 1, self, "clip_eps", "must be in (0, 1)")
-        require(self.value_clip > 0, self, "value_clip", "must be > 0")
-        require(self.value_coef >= 0, self, "value_coef", "must be >= 0")
 
 
 class ValueHead(torch.nn.Module):

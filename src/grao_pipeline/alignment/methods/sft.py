@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, ClassVar
 
 import torch
 
-from grao_pipeline.alignment.config import TrainConfig, require
+from grao_pipeline.alignment.config import Range, TrainConfig
 from grao_pipeline.alignment.logprobs import token_logps
 from grao_pipeline.alignment.losses import sft_loss
 from grao_pipeline.alignment.methods.base import BaseMethod
@@ -19,14 +20,9 @@ from grao_pipeline.alignment.tokens import encode_completions, encode_prompts
 class SFTConfig(TrainConfig):
     """SFT: length-normalised NLL of the reference answers."""
 
-    batch_size: int = 8
+    batch_size: Annotated[int, Range(ge=1)] = 8
     """Rows per optimiser step."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.batch_size >= 1, self, "batch_size", "must be >= 1")
-        require(self.batch_size % self.grad_accum_chunks == 0, self, "grad_accum_chunks",
-                "must divide batch_size")
+    batch_field: ClassVar[str] = "batch_size"
 
 
 @dataclass

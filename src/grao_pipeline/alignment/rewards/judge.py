@@ -120,7 +120,21 @@ class OpenAIBackend:
         except (openai.APIConnectionError, openai.APIStatusError) as err:
             raise JudgeError(f"judge endpoint {self.endpoint} failed after retries: "
                              f"{type(err).__name__}: {err}") from err
-        return reply.choices[0].message.content or ""
+        except (ValueError, openai.APIResponseValidationError) as err:  # a body that is not JSON
+            return self._malformed(f"{type(err).__name__}: {err}")
+        # A 200 whose body is not a chat completion (text/plain, no or empty `choices`, no
+        # message) is a reply that holds no verdict: counted as unparseable, never a crash.
+        choices = getattr(reply, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            return self._malformed(f"no choices in {str(reply)[:80]!r}")
+        content = getattr(getattr(choices[0], "message", None), "content", None)
+        if not isinstance(content, str):
+            return self._malformed(f"no message content in {str(choices[0])[:80]!r}")
+        return content
+
+    def _malformed(self, why: str) -> str:
+        log.warning("judge %s: malformed reply (%s); counted as unparseable", self.endpoint, why)
+        return ""
 
 
 class LocalBackend:

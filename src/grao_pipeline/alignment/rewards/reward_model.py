@@ -12,10 +12,11 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
 
-from grao_pipeline.alignment.config import check_types, require
+from grao_pipeline.alignment.config import Range, check_types
 from grao_pipeline.alignment.rewards.registry import RewardFn, register_reward
 
 
@@ -23,29 +24,23 @@ from grao_pipeline.alignment.rewards.registry import RewardFn, register_reward
 class RewardModelConfig:
     """A reward model trained on preference pairs with TRL's ``RewardTrainer``."""
 
-    epochs: float = 2.0
+    epochs: Annotated[float, Range(gt=0)] = 2.0
     """Passes over the training pairs."""
-    learning_rate: float = 5e-5
+    learning_rate: Annotated[float, Range(gt=0)] = 5e-5
     """AdamW learning rate."""
-    batch_size: int = 8
+    batch_size: Annotated[int, Range(ge=1)] = 8
     """Pairs per optimiser step."""
-    max_length: int = 256
+    max_length: Annotated[int, Range(ge=8)] = 256
     """Longest tokenised (prompt, answer) sequence; longer ones are truncated."""
-    eval_fraction: float = 0.2
+    eval_fraction: Annotated[float, Range(gt=0.0, lt=1.0)] = 0.2
     """Share of the pairs held out for the pair-accuracy estimate."""
-    bootstrap_resamples: int = 1000
+    bootstrap_resamples: Annotated[int, Range(ge=100)] = 1000
     """Resamples for the held-out accuracy interval."""
     seed: int = 0
     """Seeds the split, the head's initialisation and the data order."""
 
     def __post_init__(self) -> None:
         check_types(self)
-        require(self.epochs > 0, self, "epochs", "must be > 0")
-        require(self.learning_rate > 0, self, "learning_rate", "must be > 0")
-        require(self.batch_size >= 1, self, "batch_size", "must be >= 1")
-        require(self.max_length >= 8, self, "max_length", "must be >= 8")
-        require(0.0 < self.eval_fraction < 1.0, self, "eval_fraction", "must be in (0, 1)")
-        require(self.bootstrap_resamples >= 100, self, "bootstrap_resamples", "must be >= 100")
 
 
 def format_pair(tokenizer, prompt: str, answer: str) -> str:

@@ -4,12 +4,13 @@ method registry and ``compare.methods`` × ``compare.seeds``.
     compare.budget               the shared generated-sample budget (checked)
     compare.start_answers        the starting policy's answers to the test prompts
                                  (``compare.start_policy``: sft_model or base_model)
-    compare.<method>.seed_<k>    train and evaluate -> training_log, scored
+    compare.<method>.seed_<k>    train and evaluate -> training_log, scored, fingerprint
     summarise_comparison         reads only the per-run outputs
 
 Each run's ``scored`` and ``training_log`` are persisted through dataset factories
 (conf/base/catalog.yml), so ``kedro run --pipelines compare --only-missing-outputs``
-after an interruption trains only the runs that had not finished, and
+after an interruption trains only the runs that had not finished (and, through
+``fingerprint.StaleRuns``, those whose parameters or inputs changed), and
 ``--namespaces compare.grpo.seed_1`` reruns one alone.
 """
 
@@ -24,8 +25,10 @@ from grao_pipeline.alignment.config import EvalConfig, RewardConfig
 from grao_pipeline.alignment.evaluation import answer_prompts
 from grao_pipeline.alignment.methods import parameter_sections
 from grao_pipeline.alignment.models import ModelAndTokenizer
+from grao_pipeline.pipelines.sft.pipeline import export_base_pipeline
 from grao_pipeline.pipelines.training import method_inputs, typed_function
 
+from .fingerprint import input_fingerprints, run_fingerprint
 from .nodes import rollout_budget, summarise_comparison, train_and_evaluate
 
 SHARED = {"train_set", "test_set", "compare_budget", "compare_start_answers"}
@@ -55,8 +58,14 @@ def _run_pipeline(method: str, seed: int, start: str) -> Pipeline:
 
     def run(start_policy, train_set, budget, test_set, eval_params, start_answers, reward_params,
             *params):
-        return train_and_evaluate(method, seed, start_policy, train_set, budget, list(params),
-                                  reward_params, test_set, eval_params, start_answers)
+        configs = {**{e: p for (_, e, _), p in zip(sections, params, strict=True)},
+                   "params:rewards": reward_params, "params:evaluation": eval_params}
+        made_of = run_fingerprint(method, seed, budget, configs,
+                                  input_fingerprints(start_policy, train_set, test_set))
+        # The fingerprint is saved first: a run with its scores always has it.
+        return (made_of, *train_and_evaluate(method, seed, start_policy, train_set, budget,
+                                             list(params), reward_params, test_set, eval_params,
+                                             start_answers))
 
     run_func = typed_function(run, f"run_{method}", [
         ("start_policy", ModelAndTokenizer), ("train_set", datasets.Dataset), ("budget", int),
@@ -66,7 +75,7 @@ def _run_pipeline(method: str, seed: int, start: str) -> Pipeline:
     template = pipeline([
         node(run_func, [start, "train_set", "compare_budget", "test_set", "params:evaluation",
                         "compare_start_answers", "params:rewards", *[e for _, e, _ in sections]],
-             ["training_log", "scored"], name="train_and_evaluate"),
+             ["fingerprint", "training_log", "scored"], name="train_and_evaluate"),
     ])
     return pipeline(template, namespace=run_namespace(method, seed), inputs=SHARED | {start},
                     parameters={e for _, e, _ in sections} | {"params:evaluation", "params:rewards"})
@@ -90,5 +99,7 @@ def create_pipeline(settings: CompareConfig) -> Pipeline:
              ["compare_table", "compare_table_md", "compare_reward_curves", "compare_grao_shares",
               "compare_completions", "compare_training_logs"], name="summarise_comparison"),
     ])
+    if settings.start_policy == "base_model":  # the verifiable task: no SFT stage before it
+        shared += export_base_pipeline()
     return sum((_run_pipeline(m, s, settings.start_policy) for m, s in runs), _budget_pipeline(settings.methods) + shared)
 

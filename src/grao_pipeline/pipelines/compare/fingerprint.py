@@ -1,0 +1,98 @@
+"""What made a comparison run, recorded beside its outputs, so that a rerun notices.
+
+``--only-missing-outputs`` sees files, not parameters: after a change to ``grao.beta``
+it would keep the runs trained with the old value and rebuild the table from them.
+Each (method, seed) run therefore writes ``fingerprint.json``: digests of every config
+it read (its method's sections, evaluation, rewards), the shared budget, and the
+fingerprints of its inputs (starting weights, training and test rows). ``StaleRuns``, a
+hook, compares them with the configuration in force before Kedro decides which nodes
+are missing, and removes the outputs of each run that differs, naming what changed, so
+that run is trained again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import datasets
+from kedro.framework.hooks import hook_impl
+
+from grao_pipeline.alignment.checkpoints import rows_fingerprint, weights_fingerprint
+from grao_pipeline.alignment.compare import CompareConfig
+from grao_pipeline.alignment.config import EvalConfig, RewardConfig
+from grao_pipeline.alignment.models import ModelAndTokenizer
+from grao_pipeline.hooks import active_parameters
+from grao_pipeline.pipelines.compare.nodes import rollout_budget
+from grao_pipeline.pipelines.training import method_inputs
+
+log = logging.getLogger(__name__)
+
+RUN_OUTPUTS = ("scored", "training_log", "fingerprint")
+
+
+def _digest(config: Any) -> str:
+    text = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def input_fingerprints(start_policy: ModelAndTokenizer, train_set: datasets.Dataset,
+                       test_set: datasets.Dataset) -> dict[str, str]:
+    return {"starting weights": weights_fingerprint([start_policy.model])[:16],
+            "training rows": rows_fingerprint(train_set.to_list())[:16],
+            "test rows": rows_fingerprint(test_set.to_list())[:16]}
+
+
+def run_fingerprint(name: str, seed: int, budget: int, configs: dict[str, Any],
+                    inputs: dict[str, str]) -> dict:
+    """``configs``: catalog entry (``params:grao``) -> the config the run read."""
+    return {"method": name, "seed": seed, "budget": budget,
+            **{entry: _digest(cfg) for entry, cfg in configs.items()}, **inputs}
+
+
+def run_configs(name: str, parameters: dict) -> dict[str, Any]:
+    """The configs run ``name`` reads, built from the parameters in force (every run's
+    answers are scored with the rewards, whether or not it trains on them)."""
+    configs = {entry: cls(**parameters.get(entry[len("params:"):], {}))
+               for _, entry, cls in method_inputs(name)}
+    return {**configs, "params:rewards": RewardConfig(**parameters.get("rewards", {})),
+            "params:evaluation": EvalConfig(**parameters.get("evaluation", {}))}
+
+
+def _path(catalog, name: str) -> Path:
+    return Path(str(catalog.get(name)._filepath))  # kedro-datasets' file datasets
+
+
+class StaleRuns:
+    @hook_impl
+    def before_pipeline_run(self, pipeline, catalog) -> None:
+        parameters = active_parameters()
+        runs = sorted({n.namespace for n in pipeline.nodes
+                       if n.namespace and n.namespace.startswith("compare.")})
+        if parameters is None or not runs:
+            return
+        recorded = {ns: catalog.load(f"{ns}.fingerprint") for ns in runs
+                    if catalog.exists(f"{ns}.fingerprint")}
+        settings = CompareConfig(**parameters.get("compare", {}))
+        if not recorded or not all(catalog.exists(n) for n in (settings.start_policy, "train_set", "test_set")):
+            return
+        inputs = input_fingerprints(catalog.load(settings.start_policy), catalog.load("train_set"),
+                                    catalog.load("test_set"))
+        sections = {e[len("params:"):]: c for m in settings.methods
+                    for e, c in run_configs(m, parameters).items()}
+        budget = rollout_budget(settings.methods, sections)
+        for ns, old in recorded.items():
+            _, method, seed = ns.split(".")
+            new = run_fingerprint(method, int(seed.removeprefix("seed_")), budget,
+                                  run_configs(method, parameters), inputs)
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if not changed:
+                continue
+            log.warning("%s: %s changed since it ran; its outputs are removed and it is "
+                        "trained again", ns, ", ".join(changed))
+            for output in RUN_OUTPUTS:
+                _path(catalog, f"{ns}.{output}").unlink(missing_ok=True)
