@@ -18,13 +18,16 @@ def test_default_pipeline_runs_end_to_end(project):
     kedro_run(project)
     metrics = json.loads((project / "data/08_reporting/evaluation_metrics.json").read_text())
     assert set(metrics) == {"base", "sft", "grao", "reference"}
+    assert set(metrics["reference"]) == {"mean_reward", "echo_share", "distinct_2"}
     for label in ("base", "sft", "grao"):
         assert "win_vs_reference" not in metrics[label]  # one name per metric: ras
         for name in ("mean_reward", "ras", "tie_vs_reference", "loss_vs_reference",
-                     "nag", "net_win_vs_start", "kl_from_start", "response_length"):
+                     "nag", "net_win_vs_start", "kl_from_start", "response_length", "echo_share"):
             m = metrics[label][name]
             assert set(m) == {"value", "ci_low", "ci_high"}
             assert m["ci_low"] - 1e-9 <= m["value"] <= m["ci_high"] + 1e-9
+        distinct = metrics[label]["distinct_2"]["value"]  # null: no answer has two words
+        assert distinct is None or 0.0 <= distinct <= 1.0
         wtl = sum(metrics[label][k]["value"] for k in ("ras", "tie_vs_reference", "loss_vs_reference"))
         assert wtl == pytest.approx(1.0)
     # trained models moved away from the base policy they are measured from
@@ -33,6 +36,7 @@ def test_default_pipeline_runs_end_to_end(project):
 
     log = pd.read_csv(project / "data/08_reporting/grao_training_log.csv")
     assert list(log["step"]) == [1, 2]
+    assert log["echo_share"].between(0, 1).all() and "distinct_2" in log
     for name in ("evaluation.png", "grao_training_curves.png", "sft_training_curves.png",
                  "data_report.json"):
         assert (project / "data/08_reporting" / name).stat().st_size > 0
@@ -62,6 +66,7 @@ def test_kedro_run_under_torchrun_saves_once_from_rank_zero(project):
     assert done.returncode == 0, done.stdout + done.stderr
     log = pd.read_csv(project / "data/08_reporting/grao_training_log.csv")
     assert list(log["step"]) == [1, 2]
+    assert log["echo_share"].between(0, 1).all() and "distinct_2" in log
     assert (log["samples"] == 2 * 2).all()  # 2 prompts × G=2 over both ranks
     assert (project / "data/06_models/grao/model.safetensors").is_file()
     assert sorted(p.name for p in (project / "data/06_models/checkpoints/grao").iterdir()) == [

@@ -23,6 +23,7 @@ from accelerate.state import PartialState
 from accelerate.utils import reduce
 
 from grao_pipeline.alignment.config import RolloutConfig
+from grao_pipeline.alignment.diagnostics import distinct_n, echoes
 from grao_pipeline.alignment.generation import Sampler, Samples, build_sampler
 from grao_pipeline.alignment.logprobs import shared_prompt_token_logps, shares_prompt, token_logps
 from grao_pipeline.alignment.lora import AdaptersDisabled, has_adapters
@@ -112,6 +113,8 @@ def rollout_and_score(sampler: Sampler, tokenizer, reward: RewardFn, rows: list[
         "reward/beats_reference": (sample_rewards > reference_rewards[:, None]).float().mean().item(),
         "completion_length": samples.mask.sum(1).float().mean().item(),
         "frac_truncated": samples.num_truncated / len(samples.texts),
+        "echo_share": float(echoes([p for p in prompts for _ in range(g)], samples.texts).mean()),
+        "distinct_2": distinct_n(samples.texts, 2),
         "samples": len(samples.texts),
         "time/generate": t1 - t0,
         "time/score": t2 - t1,

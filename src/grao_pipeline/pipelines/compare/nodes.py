@@ -17,6 +17,7 @@ import pandas as pd
 
 from grao_pipeline.alignment.compare import CompareConfig
 from grao_pipeline.alignment.config import EvalConfig, RewardConfig, TrainConfig
+from grao_pipeline.alignment.diagnostics import distinct_n, echoes
 from grao_pipeline.alignment.evaluation import answer_prompts, score_answers
 from grao_pipeline.alignment.methods import phase_specs, uses_reward
 from grao_pipeline.alignment.metrics import (
@@ -32,7 +33,7 @@ from grao_pipeline.plots import compare_grao_shares, compare_reward_curves
 log = logging.getLogger(__name__)
 
 TABLE_METRICS = ("ras", "tie_vs_reference", "loss_vs_reference", "nag", "net_win_vs_start",
-                 "mean_reward", "kl_from_start", "response_length")
+                 "mean_reward", "kl_from_start", "response_length", "echo_share")
 
 # What the on-policy methods must share for a fair comparison.
 SHARED_ROLLOUT = ("steps", "prompts_per_step", "num_generations", "temperature",
@@ -95,6 +96,7 @@ def summarise_comparison(params: CompareConfig, *runs: pd.DataFrame
         seeds = sorted(df["seed"].unique())
         per_seed = [per_prompt_metrics(d["reward"], d["verdict_vs_reference"], d["verdict_vs_start"],
                                        d["kl_from_start"], d["length"])
+                    | {"echo_share": echoes(d["prompt"], d["completion"])}
                     for _, d in df.groupby("seed", sort=True)]
         for metric in TABLE_METRICS:
             ci = two_level_bootstrap_ci(np.stack([m[metric] for m in per_seed]),
@@ -106,6 +108,9 @@ def summarise_comparison(params: CompareConfig, *runs: pd.DataFrame
                      **(two_level_bootstrap_ci(np.stack([m["ras"] for m in per_seed]),
                                                params.bootstrap_resamples, weights=matched)
                         if matched.any() else dict.fromkeys(("value", "ci_low", "ci_high"), float("nan")))})
+        distinct = [distinct_n(d["completion"], 2) for _, d in df.groupby("seed", sort=True)]
+        rows.append({"method": name, "metric": "distinct_2", "value": float(np.mean(distinct)),
+                     "ci_low": float(np.min(distinct)), "ci_high": float(np.max(distinct))})
         rows += training_signal_rows(name, logs[logs["method"] == name], seeds, params)
     table = pd.DataFrame(rows, columns=["method", "metric", "value", "ci_low", "ci_high"])
     completions = {name: scored[scored["model"] == name].reset_index(drop=True) for name in methods}
@@ -170,8 +175,8 @@ def markdown_table(table: pd.DataFrame, n_seeds: int, metrics: list[str] | None 
         lines.append(f"| {name} | " + " | ".join(cells.get(m, "–") for m in metrics) + " |")
     note = (f"\nValues are means over {n_seeds} seed(s) × held-out prompts with 95% two-level "
             "bootstrap intervals (seeds, then prompts); the metrics from training logs "
-            "(steps-to-reward, zero-variance groups, Â_y < 0, loss-term shares) show the mean "
-            "and the range over seeds (steps-to-reward: over the seeds whose training reward "
+            "(steps-to-reward, zero-variance groups, Â_y < 0, loss-term shares) and distinct_2 "
+            "(over each seed's answers) show the mean and the range over seeds (steps-to-reward: over the seeds whose training reward "
             "rose; \"no gain\": none did); "
             "ras_length_controlled is RAS over the prompts whose answer is within ±20% (at least "
             "±3 tokens) of the reference's length.\n")

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from grao_pipeline.alignment.config import EvalConfig
+from grao_pipeline.alignment.diagnostics import distinct_n_ci, echoes
 from grao_pipeline.alignment.metrics import bootstrap_ci, length_matched, per_prompt_metrics
 from grao_pipeline.plots import evaluation_summary
 
@@ -22,7 +23,10 @@ def summarise_evaluation(params: EvalConfig, *scored: pd.DataFrame
     A ``reference`` entry gives the reference answers' own mean reward for scale.
     ``ras_length_controlled`` is RAS over the length-matched prompts only (answer within
     ±20% of the reference's tokens, at least ±3; ``length_matched`` is their share): a
-    policy that wins by being longer does not win there.
+    policy that wins by being longer does not win there. The hacking diagnostics,
+    computed from the text alone, sit beside the reward: ``echo_share`` (answers at least
+    80% copied from the question) and ``distinct_2`` (over the model's answers), and the
+    same two for the human references on the same prompts.
     """
     metrics: dict[str, dict[str, dict[str, float]]] = {}
     for df in scored:
@@ -32,8 +36,11 @@ def summarise_evaluation(params: EvalConfig, *scored: pd.DataFrame
         per_prompt["reward_gain_vs_start"] = np.asarray(df["reward"] - df["start_reward"], float)
         per_prompt["frac_truncated"] = np.asarray(df["truncated"], float)
         per_prompt["length_matched"] = length_matched(df["length"], df["reference_length"])
+        per_prompt["echo_share"] = echoes(df["prompt"], df["completion"])
         metrics[label] = {k: bootstrap_ci(v, params.bootstrap_resamples, params.seed)
                           for k, v in per_prompt.items()}
+        metrics[label]["distinct_2"] = distinct_n_ci(df["completion"], 2, params.bootstrap_resamples,
+                                                     params.seed)
         if per_prompt["length_matched"].any():
             metrics[label]["ras_length_controlled"] = bootstrap_ci(
                 per_prompt["ras"], params.bootstrap_resamples, params.seed,
@@ -41,7 +48,11 @@ def summarise_evaluation(params: EvalConfig, *scored: pd.DataFrame
         else:  # no estimate at all: absent, not NaN (the report says how many matched)
             log.warning("evaluation: no %s answer is length-matched to its reference; "
                         "no length-controlled RAS", label)
-    metrics["reference"] = {"mean_reward": bootstrap_ci(
-        scored[0]["reference_reward"], params.bootstrap_resamples, params.seed)}
+    first = scored[0]
+    metrics["reference"] = {
+        "mean_reward": bootstrap_ci(first["reference_reward"], params.bootstrap_resamples, params.seed),
+        "echo_share": bootstrap_ci(echoes(first["prompt"], first["reference"]),
+                                   params.bootstrap_resamples, params.seed),
+        "distinct_2": distinct_n_ci(first["reference"], 2, params.bootstrap_resamples, params.seed)}
     completions = pd.concat(scored, ignore_index=True)
     return metrics, evaluation_summary(metrics), completions
