@@ -17,6 +17,10 @@ from grao_pipeline.alignment.rewards.reward_model import (
 
 from .conftest import TINY_RUN, kedro_run
 
+# Measured with the test's settings (tiny random model, 200 prompts, 2 epochs): held-out
+# echo accuracy 0.725 [0.60, 0.85] over 40 prompts; the bound is that interval's low end,
+# above chance (0.5). (other_reply stays at chance, 0.475, for a model this small.)
+ECHO_BOUND = 0.6
 PAIRS = [{"prompt": p, "chosen": f"a good answer about {w}", "rejected": f"a bad answer about {w}"}
          for p, w in [("how are you?", "me"), ("tea?", "tea"), ("plans?", "hiking"), ("dogs?", "rex"),
                       ("music?", "jazz"), ("home?", "town"), ("food?", "pasta"), ("books?", "poems")]]
@@ -55,3 +59,38 @@ def test_reward_model_pipeline_writes_a_model_the_reward_loads(project):
     reward = CompositeReward(RewardConfig(components={"reward_model": {"weight": 1.0, "model": str(folder)}}))
     scores = reward(["how are you?", "tea?"], ["fine", "yes"], ["good", "no"])
     assert len(scores) == 2 and all(isinstance(s, float) for s in scores)
+
+
+def test_conversation_pairs_hold_the_reply_against_another_reply_and_the_echoed_question():
+    from grao_pipeline.pipelines.reward_model.nodes import conversation_pairs, split_pairs
+
+    rows = [{"prompt": f"do you like sport number {i}?", "reference": f"yes, sport {i} is fun"}
+            for i in range(10)]
+    pairs, report = conversation_pairs(rows, prompts=4, seed=0)
+    assert report["kinds"] == {"other_reply": 4, "echo": 4, "echo_cut": 4}
+    for p in pairs:
+        i = int(p["prompt"].split()[-1].rstrip("?"))
+        assert p["chosen"] == f"yes, sport {i} is fun"
+        if p["kind"] == "echo":
+            assert p["rejected"] == p["prompt"]
+        elif p["kind"] == "echo_cut":
+            assert p["rejected"] == "do you like"
+        else:
+            assert p["rejected"].startswith("yes, sport") and p["rejected"] != p["chosen"]
+    train, held = split_pairs(pairs, RewardModelConfig(eval_fraction=0.25))
+    assert {p["prompt"] for p in train}.isdisjoint({p["prompt"] for p in held})
+
+
+@pytest.mark.slow
+def test_a_reward_model_on_conversation_pairs_ranks_the_reply_above_the_echo(project):
+    """Issue 32: a tiny model trained on the pipeline's conversation pairs prefers the
+    human reply to the echoed question on held-out prompts more often than chance."""
+    params = {**TINY_RUN, "reward_model": {
+        "pair_source": "conversations", "conversation_prompts": 200, "epochs": 2.0,
+        "learning_rate": 1e-3, "batch_size": 8, "max_length": 64, "bootstrap_resamples": 200}}
+    kedro_run(project, ["data_processing", "sft", "reward_model"], params)
+    report = json.loads((project / "data/08_reporting/reward_model_report.json").read_text())
+    assert report["pairs"]["kinds"]["echo"] == 200 and report["synthetic"] is False
+    by_kind = report["held_out_accuracy_by_kind"]
+    assert set(by_kind) == {"other_reply", "echo", "echo_cut"}
+    assert by_kind["echo"]["value"] >= ECHO_BOUND, by_kind

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -47,15 +48,19 @@ def distinct_n(answers: Sequence[str], n: int = 2) -> float:
 
 def distinct_n_ci(answers: Sequence[str], n: int = 2, resamples: int = 1000, seed: int = 0,
                   level: float = 0.95) -> dict[str, float | None]:
-    """``distinct_n`` with a percentile bootstrap interval over answers (it is a
-    statistic of the whole set, not a mean of per-answer values). All None (JSON null)
-    when no answer has ``n`` words: there is nothing to measure, and NaN is not JSON."""
+    """``distinct_n`` with a normal interval whose standard error is the spread of
+    distinct-n over random halves of the answers, drawn without replacement
+    (half-sampling: for a mean it equals the full sample's standard error). A
+    with-replacement bootstrap would repeat answers, and repeats are exactly what
+    distinct-n counts, so it would bias the ratio down. All None (JSON null) when no
+    answer has ``n`` words: there is nothing to measure, and NaN is not JSON."""
     answers = list(answers)
     value = distinct_n(answers, n)
     if np.isnan(value):
         return {"value": None, "ci_low": None, "ci_high": None}
     rng = np.random.default_rng(seed)
-    draws = [distinct_n([answers[i] for i in rng.integers(0, len(answers), len(answers))], n)
+    half = max(1, len(answers) // 2)
+    draws = [distinct_n([answers[i] for i in rng.choice(len(answers), half, replace=False)], n)
              for _ in range(resamples)]
-    low, high = np.nanquantile(draws, [(1 - level) / 2, (1 + level) / 2])
-    return {"value": value, "ci_low": float(low), "ci_high": float(high)}
+    spread = NormalDist().inv_cdf((1 + level) / 2) * float(np.nanstd(draws))
+    return {"value": value, "ci_low": max(0.0, value - spread), "ci_high": min(1.0, value + spread)}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 
@@ -24,6 +24,15 @@ from grao_pipeline.alignment.rewards.registry import RewardFn, register_reward
 class RewardModelConfig:
     """A reward model trained on preference pairs with TRL's ``RewardTrainer``."""
 
+    pair_source: Literal["dpo", "conversations"] = "dpo"
+    """Where the pairs come from. ``dpo``: DPO's pairs (the data's rejected answers, else
+    synthetic pairs ranked by the configured reward, which the model then learns back).
+    ``conversations``: the human conversations alone; chosen is the human reply y, and
+    each prompt gives one rejected answer of each kind: a human reply to another question
+    (drawn at random), the question echoed whole, and its first half echoed."""
+    conversation_prompts: Annotated[int, Range(ge=2)] = 2000
+    """``conversations``: training prompts drawn (seeded) to make pairs, three per prompt;
+    training time grows with it."""
     epochs: Annotated[float, Range(gt=0)] = 2.0
     """Passes over the training pairs."""
     learning_rate: Annotated[float, Range(gt=0)] = 5e-5
