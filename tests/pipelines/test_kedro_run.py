@@ -42,6 +42,11 @@ def test_default_pipeline_runs_end_to_end(project):
         assert (project / "data/08_reporting" / name).stat().st_size > 0
     for model in ("base", "sft", "grao"):
         assert (project / "data/06_models" / model / "model.safetensors").is_file()
+    # issue 31: a trained model records what made it, after what made its start
+    runs = json.loads((project / "data/06_models/grao/config.json").read_text())["grao_pipeline_runs"]
+    assert [r["method"] for r in runs] == ["sft", "grao"]
+    assert runs[1]["config"]["beta"] == 0.5 and runs[1]["steps"] == 2
+    assert runs[1]["starting weights"] != runs[0]["starting weights"]  # grao started from sft
     completions = pd.read_json(project / "data/07_model_output/evaluation_completions.jsonl", lines=True)
     assert len(completions) == 12 and set(completions["model"]) == {"base", "sft", "grao"}
     assert (project / "data/06_models/checkpoints/grao/step-000002").is_dir()

@@ -122,6 +122,10 @@ def train_method(name: str, policy: ModelAndTokenizer, rows: list[dict],
                  if isinstance(cfg, RolloutConfig) and reward is not None else [])
         result = train(model, method, phase_rows, cfg, [*callbacks, *watch], context)
         model = result.model
+        # The saved config.json records every training phase that made the model, its
+        # own after those of the model it started from.
+        model.config.grao_pipeline_runs = [*getattr(model.config, "grao_pipeline_runs", []),
+                                           {**result.made_of, "method": spec.name}]
         offset = len(history)
         phase_log = [{**row, "phase": spec.name, "step": row["step"] + offset} for row in result.log]
         if phase_log and report.get("samples"):

@@ -105,6 +105,8 @@ class Method(Protocol):
 class TrainResult:
     model: torch.nn.Module
     log: list[dict]
+    made_of: dict
+    """What produced the model: method, config, and the fingerprints that resume checks."""
 
 
 def make_accelerator() -> Accelerator:
@@ -358,5 +360,7 @@ def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainCo
             pass
         finally:
             progress.close()
-        return TrainResult(policy, history)
+        made_of = {"method": method.name, "steps": len(history),
+                   "config": dataclasses.asdict(cfg), **fingerprints}
+        return TrainResult(policy, history, made_of)
 
