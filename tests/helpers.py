@@ -21,3 +21,10 @@ def short_reward(prompts, completions, references, **columns):
 
 def text_reward(prompts, completions, references, **columns):
     return ["good"] * len(completions)
+
+
+def echo_penalty(prompts, completions, references, **columns):
+    """-1 for an answer that is an echo of its question, else 0 (a held-out scorer)."""
+    from grao_pipeline.alignment.diagnostics import echoes
+
+    return [-e for e in echoes(prompts, completions).tolist()]

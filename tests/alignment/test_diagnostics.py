@@ -43,3 +43,39 @@ def test_distinct_2_interval_brackets_its_value():
 
 def test_distinct_2_of_answers_without_two_words_is_null_not_nan():
     assert distinct_n_ci(["yes", "", "no"]) == {"value": None, "ci_low": None, "ci_high": None}
+
+
+# ---- a held-out gold scorer beside the training reward (issue 32) --------------------
+
+def _answers():
+    import pandas as pd
+
+    return pd.DataFrame({"prompt": ["do you like tea?", "any plans?"],
+                         "reference": ["yes, green tea", "a long walk"],
+                         "completion": ["do you like tea", "maybe a walk by the sea"],
+                         "truncated": [False, False], "length": [4, 6], "reference_length": [3, 3],
+                         "kl_from_start": [0.0, 0.0]})
+
+
+def test_evaluation_refuses_to_call_the_training_reward_gold():
+    from grao_pipeline.alignment.config import RewardConfig
+    from grao_pipeline.alignment.evaluation import score_answers
+
+    training = RewardConfig(components={"tests.helpers:length_reward": {"weight": 1.0}})
+    with pytest.raises(ValueError, match=r"evaluation.gold names \['tests.helpers:length_reward'\], "
+                                         r"which the training reward \(rewards.components\) also uses"):
+        score_answers(_answers(), training, "grao", gold={"tests.helpers:length_reward": {"weight": 1.0}})
+
+
+def test_a_held_out_gold_scorer_is_reported_beside_the_training_reward():
+    from grao_pipeline.alignment.config import EvalConfig, RewardConfig
+    from grao_pipeline.alignment.evaluation import score_answers
+    from grao_pipeline.pipelines.evaluation.nodes import summarise_evaluation
+
+    training = RewardConfig(components={"tests.helpers:length_reward": {"weight": 1.0}})
+    gold = {"tests.helpers:echo_penalty": {"weight": 1.0}}
+    scored = score_answers(_answers(), training, "grao", gold=gold)
+    assert scored["gold_reward"].tolist() == [-1.0, 0.0]  # the first answer echoes
+    metrics, _, _ = summarise_evaluation(EvalConfig(bootstrap_resamples=100, gold=gold), scored)
+    assert metrics["grao"]["gold_reward"]["value"] == pytest.approx(-0.5)
+    assert "gold_minus_training" in metrics["grao"] and "gold_reward" in metrics["reference"]

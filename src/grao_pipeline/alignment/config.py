@@ -359,6 +359,14 @@ class EvalConfig:
     """Bootstrap resamples for the 95% intervals."""
     seed: int = 0
     """Seed for sampling and the bootstrap."""
+    gold: dict[str, dict] = field(default_factory=dict)
+    """A held-out scorer, as ``rewards.components`` blocks (e.g. ``{reward_model: {weight:
+    1.0, model: data/06_models/reward_gold}}``): every answer and reference is also scored
+    with it (``gold_reward``, and ``gold_minus_training`` per answer). A component the
+    policy trained on cannot be gold, and is refused. Empty: only the training reward is
+    reported, and it is what the policy optimised."""
 
     def __post_init__(self) -> None:
         check_types(self)
+        if self.gold:
+            RewardConfig(components=self.gold)  # the same checks as the training reward's

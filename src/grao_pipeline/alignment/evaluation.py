@@ -70,11 +70,30 @@ def data_columns(answers: pd.DataFrame) -> dict[str, list]:
     return {c: answers[c].tolist() for c in answers.columns if c not in ANSWER_COLUMNS}
 
 
+def check_gold(gold: dict[str, dict], reward_params: RewardConfig) -> None:
+    """Refuse a gold scorer that shares a component with the training reward: the
+    policy optimised that scorer, so it cannot judge the policy."""
+    def options(block: dict) -> dict:
+        return {k: v for k, v in block.items() if k != "weight"}
+
+    shared = [name for name, block in gold.items() if block.get("weight", 0) != 0
+              and name in reward_params.components and reward_params.components[name]["weight"] != 0
+              and options(block) == options(reward_params.components[name])]
+    if shared:
+        raise ValueError(f"evaluation.gold names {shared}, which the training reward "
+                         "(rewards.components) also uses: a scorer the policy was trained on "
+                         "cannot be its gold. Point evaluation.gold at a held-out scorer, e.g. a "
+                         "reward model trained on other conversations")
+
+
 def score_answers(answers: pd.DataFrame, reward_params: RewardConfig, label: str,
-                  start_answers: pd.DataFrame | None = None) -> pd.DataFrame:
+                  start_answers: pd.DataFrame | None = None,
+                  gold: dict[str, dict] | None = None) -> pd.DataFrame:
     """Reward every completion, the reference and the starting model's completion with
     the same Q (every dataset column passed to it), and judge the completion against
-    both. ``start_answers`` None: ``answers`` are the starting model's own."""
+    both. ``start_answers`` None: ``answers`` are the starting model's own. ``gold``
+    (``EvalConfig.gold``): also score completions and references with that held-out
+    scorer."""
     start = answers if start_answers is None else start_answers
     if list(start["prompt"]) != list(answers["prompt"]):
         raise ValueError(f"{label}: answers and starting-model answers cover different prompts")
@@ -96,4 +115,10 @@ def score_answers(answers: pd.DataFrame, reward_params: RewardConfig, label: str
         verdict_vs_reference=pairwise_verdicts(scores["total"], ref_total, reward_params.tie_margin).numpy(),
         verdict_vs_start=pairwise_verdicts(scores["total"], start_total, reward_params.tie_margin).numpy(),
         **{f"reward/{k}": v for k, v in scores.items() if k != "total"})
+    if gold:
+        check_gold(gold, reward_params)
+        judge = CompositeReward(RewardConfig(components=gold))
+        scored["gold_reward"] = judge(prompts, list(answers["completion"]), refs, **columns,
+                                      **finished(answers))
+        scored["reference_gold_reward"] = judge(prompts, refs, refs, **columns, **finished(None))
     return scored

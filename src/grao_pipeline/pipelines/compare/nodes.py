@@ -77,7 +77,7 @@ def train_and_evaluate(name: str, seed: int, start_policy: ModelAndTokenizer,
     plt.close(fig)
     samples = steps["samples"].fillna(0).cumsum() if "samples" in steps else 0
     answers = answer_prompts(policy, test_set, params, start_policy=start_policy)
-    scored = score_answers(answers, reward_params, name, start_answers).assign(seed=seed)
+    scored = score_answers(answers, reward_params, name, start_answers, params.gold).assign(seed=seed)
     return steps.assign(method=name, seed=seed, generated_samples=samples), scored
 
 
@@ -97,8 +97,9 @@ def summarise_comparison(params: CompareConfig, *runs: pd.DataFrame
         per_seed = [per_prompt_metrics(d["reward"], d["verdict_vs_reference"], d["verdict_vs_start"],
                                        d["kl_from_start"], d["length"])
                     | {"echo_share": echoes(d["prompt"], d["completion"])}
+                    | ({"gold_reward": np.asarray(d["gold_reward"], float)} if "gold_reward" in d else {})
                     for _, d in df.groupby("seed", sort=True)]
-        for metric in TABLE_METRICS:
+        for metric in TABLE_METRICS + (("gold_reward",) if "gold_reward" in df else ()):
             ci = two_level_bootstrap_ci(np.stack([m[metric] for m in per_seed]),
                                         params.bootstrap_resamples)
             rows.append({"method": name, "metric": metric, **ci})

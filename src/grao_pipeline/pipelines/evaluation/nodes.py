@@ -37,6 +37,9 @@ def summarise_evaluation(params: EvalConfig, *scored: pd.DataFrame
         per_prompt["frac_truncated"] = np.asarray(df["truncated"], float)
         per_prompt["length_matched"] = length_matched(df["length"], df["reference_length"])
         per_prompt["echo_share"] = echoes(df["prompt"], df["completion"])
+        if "gold_reward" in df:  # a held-out scorer (evaluation.gold)
+            per_prompt["gold_reward"] = np.asarray(df["gold_reward"], float)
+            per_prompt["gold_minus_training"] = np.asarray(df["gold_reward"] - df["reward"], float)
         metrics[label] = {k: bootstrap_ci(v, params.bootstrap_resamples, params.seed)
                           for k, v in per_prompt.items()}
         metrics[label]["distinct_2"] = distinct_n_ci(df["completion"], 2, params.bootstrap_resamples,
@@ -54,5 +57,8 @@ def summarise_evaluation(params: EvalConfig, *scored: pd.DataFrame
         "echo_share": bootstrap_ci(echoes(first["prompt"], first["reference"]),
                                    params.bootstrap_resamples, params.seed),
         "distinct_2": distinct_n_ci(first["reference"], 2, params.bootstrap_resamples, params.seed)}
+    if "reference_gold_reward" in first:
+        metrics["reference"]["gold_reward"] = bootstrap_ci(first["reference_gold_reward"],
+                                                           params.bootstrap_resamples, params.seed)
     completions = pd.concat(scored, ignore_index=True)
     return metrics, evaluation_summary(metrics), completions

@@ -3,7 +3,7 @@
 import pandas as pd
 from kedro.pipeline import Pipeline, node, pipeline
 
-from grao_pipeline.alignment.config import RewardConfig
+from grao_pipeline.alignment.config import EvalConfig, RewardConfig
 from grao_pipeline.alignment.evaluation import answer_prompts, score_answers
 
 from .nodes import summarise_evaluation
@@ -17,9 +17,9 @@ def _score_as(label: str):
     hints matter: Kedro builds ``RewardConfig`` from ``params:rewards`` only for
     annotated node arguments."""
 
-    def score(answers: pd.DataFrame, reward_params: RewardConfig,
+    def score(answers: pd.DataFrame, reward_params: RewardConfig, params: EvalConfig,
               start_answers: pd.DataFrame | None = None) -> pd.DataFrame:
-        return score_answers(answers, reward_params, label, start_answers)
+        return score_answers(answers, reward_params, label, start_answers, params.gold)
 
     score.__name__ = score.__qualname__ = f"score_{label}"
     return score
@@ -36,6 +36,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                  f"{label}_answers", name=f"answer_{label}"),
             node(_score_as(label),
                  {"answers": f"{label}_answers", "reward_params": "params:rewards",
+                  "params": "params:evaluation",
                   **({} if is_start else {"start_answers": f"{START}_answers"})},
                  f"{label}_scored", name=f"score_{label}"),
         ]
