@@ -31,6 +31,7 @@ import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -62,10 +63,18 @@ def weights_fingerprint(modules: Iterable[torch.nn.Module]) -> str:
     return digest.hexdigest()
 
 
+def value_fingerprint(value: Any) -> str:
+    """SHA-256 of a JSON-able value (keys sorted; a dataclass by its fields): rows,
+    settings, configs."""
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def rows_fingerprint(rows: list[dict]) -> str:
     """SHA-256 of the training rows, in order, every column included."""
-    text = json.dumps(rows, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return value_fingerprint(rows)
 
 
 def step_folders(checkpoint_dir: str | Path | None) -> list[Path]:

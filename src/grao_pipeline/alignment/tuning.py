@@ -23,8 +23,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import hashlib
-import json
 import logging
 import os
 import time
@@ -46,7 +44,11 @@ from optuna.storages import (
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from grao_pipeline.alignment.checkpoints import rows_fingerprint, weights_fingerprint
+from grao_pipeline.alignment.checkpoints import (
+    rows_fingerprint,
+    value_fingerprint,
+    weights_fingerprint,
+)
 from grao_pipeline.alignment.config import (
     ConfigError,
     EvalConfig,
@@ -297,17 +299,13 @@ def objective_settings(cfg: StudyConfig, start_policy: ModelAndTokenizer, rows: 
                        searched: set[str]) -> dict[str, str]:
     """What a trial's value depends on besides its proposed values (``searched``): trials
     of one study are comparable only while these stay the same."""
-    def digest(value: Any) -> str:
-        text = json.dumps(value, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
     fixed = {name: {k: v for k, v in (dataclasses.asdict(c) if dataclasses.is_dataclass(c)
                                       else dict(c)).items() if k not in searched}
              for name, c in sections.items()}
     return {"method": cfg.method, "objective": cfg.objective, "steps": str(cfg.steps),
-            "eval_prompts": str(cfg.eval_prompts), "method parameters": digest(fixed),
-            "evaluation": digest(dataclasses.asdict(score.evaluation)),
-            "rewards": digest(dataclasses.asdict(score.rewards)),
+            "eval_prompts": str(cfg.eval_prompts), "method parameters": value_fingerprint(fixed)[:16],
+            "evaluation": value_fingerprint(score.evaluation)[:16],
+            "rewards": value_fingerprint(score.rewards)[:16],
             "training rows": rows_fingerprint(rows)[:16],
             "validation rows": rows_fingerprint(score.validation_set.to_list())[:16],
             "start policy": weights_fingerprint([start_policy.model])[:16]}

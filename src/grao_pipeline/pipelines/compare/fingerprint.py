@@ -12,9 +12,6 @@ that run is trained again.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,11 @@ from typing import Any
 import datasets
 from kedro.framework.hooks import hook_impl
 
-from grao_pipeline.alignment.checkpoints import rows_fingerprint, weights_fingerprint
+from grao_pipeline.alignment.checkpoints import (
+    rows_fingerprint,
+    value_fingerprint,
+    weights_fingerprint,
+)
 from grao_pipeline.alignment.compare import CompareConfig
 from grao_pipeline.alignment.config import EvalConfig, RewardConfig
 from grao_pipeline.alignment.models import ModelAndTokenizer
@@ -33,11 +34,6 @@ from grao_pipeline.pipelines.training import method_inputs
 log = logging.getLogger(__name__)
 
 RUN_OUTPUTS = ("scored", "training_log", "fingerprint")
-
-
-def _digest(config: Any) -> str:
-    text = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def input_fingerprints(start_policy: ModelAndTokenizer, train_set: datasets.Dataset,
@@ -51,7 +47,7 @@ def run_fingerprint(name: str, seed: int, budget: int, configs: dict[str, Any],
                     inputs: dict[str, str]) -> dict:
     """``configs``: catalog entry (``params:grao``) -> the config the run read."""
     return {"method": name, "seed": seed, "budget": budget,
-            **{entry: _digest(cfg) for entry, cfg in configs.items()}, **inputs}
+            **{entry: value_fingerprint(cfg)[:16] for entry, cfg in configs.items()}, **inputs}
 
 
 def run_configs(name: str, parameters: dict) -> dict[str, Any]:

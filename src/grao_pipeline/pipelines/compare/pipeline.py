@@ -3,6 +3,7 @@ method registry and ``compare.methods`` × ``compare.seeds``.
 
     compare.budget               the shared generated-sample budget (checked)
     compare.start_answers        the starting policy's answers to the test prompts
+    fingerprint_inputs           fingerprints of the starting weights and rows, once
                                  (``compare.start_policy``: sft_model or base_model)
     compare.<method>.seed_<k>    train and evaluate -> training_log, scored, fingerprint
     summarise_comparison         reads only the per-run outputs
@@ -31,7 +32,7 @@ from grao_pipeline.pipelines.training import method_inputs, typed_function
 from .fingerprint import input_fingerprints, run_fingerprint
 from .nodes import rollout_budget, summarise_comparison, train_and_evaluate
 
-SHARED = {"train_set", "test_set", "compare_budget", "compare_start_answers"}
+SHARED = {"train_set", "test_set", "compare_budget", "compare_start_answers", "compare_inputs"}
 
 
 def run_namespace(method: str, seed: int) -> str:
@@ -56,12 +57,11 @@ def _run_pipeline(method: str, seed: int, start: str) -> Pipeline:
     sections = [(arg, entry, cls) for arg, entry, cls in method_inputs(method)
                 if entry != "params:rewards"]
 
-    def run(start_policy, train_set, budget, test_set, eval_params, start_answers, reward_params,
-            *params):
+    def run(start_policy, train_set, budget, test_set, eval_params, start_answers, inputs,
+            reward_params, *params):
         configs = {**{e: p for (_, e, _), p in zip(sections, params, strict=True)},
                    "params:rewards": reward_params, "params:evaluation": eval_params}
-        made_of = run_fingerprint(method, seed, budget, configs,
-                                  input_fingerprints(start_policy, train_set, test_set))
+        made_of = run_fingerprint(method, seed, budget, configs, inputs)
         # The fingerprint is saved first: a run with its scores always has it.
         return (made_of, *train_and_evaluate(method, seed, start_policy, train_set, budget,
                                              list(params), reward_params, test_set, eval_params,
@@ -70,11 +70,12 @@ def _run_pipeline(method: str, seed: int, start: str) -> Pipeline:
     run_func = typed_function(run, f"run_{method}", [
         ("start_policy", ModelAndTokenizer), ("train_set", datasets.Dataset), ("budget", int),
         ("test_set", datasets.Dataset), ("eval_params", EvalConfig),
-        ("start_answers", pd.DataFrame), ("reward_params", RewardConfig),
+        ("start_answers", pd.DataFrame), ("inputs", dict), ("reward_params", RewardConfig),
         *[(arg, cls) for arg, _, cls in sections]])
     template = pipeline([
         node(run_func, [start, "train_set", "compare_budget", "test_set", "params:evaluation",
-                        "compare_start_answers", "params:rewards", *[e for _, e, _ in sections]],
+                        "compare_start_answers", "compare_inputs", "params:rewards",
+                        *[e for _, e, _ in sections]],
              ["fingerprint", "training_log", "scored"], name="train_and_evaluate"),
     ])
     return pipeline(template, namespace=run_namespace(method, seed), inputs=SHARED | {start},
@@ -93,6 +94,9 @@ def create_pipeline(settings: CompareConfig) -> Pipeline:
     shared = pipeline([
         node(answer_prompts, [settings.start_policy, "test_set", "params:evaluation"],
              "compare_start_answers", name="answer_start"),
+        # once per comparison: every run starts from the same weights and rows
+        node(input_fingerprints, [settings.start_policy, "train_set", "test_set"],
+             "compare_inputs", name="fingerprint_inputs"),
         node(summary, ["params:compare",
                        *[f"{run_namespace(m, s)}.scored" for m, s in runs],
                        *[f"{run_namespace(m, s)}.training_log" for m, s in runs]],
