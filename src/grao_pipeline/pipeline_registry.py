@@ -1,6 +1,7 @@
 """Project pipelines.
 
-``__default__`` chains data -> SFT -> GRAO -> evaluation. Every registered method
+``__default__`` chains data -> the proxy and gold reward models -> SFT -> GRAO (against
+the proxy) -> evaluation (gold beside proxy). Every registered method
 (``alignment/methods``) gets a pipeline of its own (``kedro run --pipelines grpo``), and
 ``compare`` gets one namespaced run per (method, seed) of ``compare.methods`` ×
 ``compare.seeds`` in the configuration in force. ``tuning`` and ``sensitivity`` run
@@ -43,6 +44,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         "sft": sft.create_pipeline(),
         "evaluation": evaluation.create_pipeline(),
         "reward_model": reward_model.create_pipeline(),
+        "reward_models": reward_model.create_role_pipelines(),
     }
     for name in registered_methods():
         if name not in pipelines:  # "sft" is the warm start, from base_model
@@ -50,6 +52,10 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipelines["compare"] = compare.create_pipeline(CompareConfig(**configured("compare")))
     pipelines.update(tuning.create_pipelines(TuningConfig(**configured("tuning")),
                                              SensitivityConfig(**configured("sensitivity"))))
-    pipelines["__default__"] = (pipelines["data_processing"] + pipelines["sft"]
-                                + pipelines["grao"] + pipelines["evaluation"])
+    # The proxy and gold reward models are read by path (rewards, evaluation.gold), so
+    # the default run names their reports as inputs of the nodes that read them.
+    proxy, gold = (f"{role}.reward_model_report" for role in reward_model.ROLES)
+    pipelines["__default__"] = (pipelines["data_processing"] + pipelines["reward_models"]
+                                + pipelines["sft"] + method_pipeline("grao", after=(proxy,))
+                                + evaluation.create_pipeline(after=(proxy, gold)))
     return pipelines

@@ -17,6 +17,8 @@ _PANELS = [
     ("seconds per step", ["time/generate", "time/score", "time/update"], "stack"),
     ("grad norm", ["grad_norm"], "line"),
     ("router (MoE): aux loss, largest expert share", ["moe/aux_loss", "moe/max_expert_share"], "line"),
+    # evaluation.curve_every: the over-optimisation curve, against KL rather than step
+    ("held-out reward against KL from start", ["heldout/reward", "heldout/kl"], "kl"),
 ]
 
 
@@ -29,6 +31,15 @@ def training_curves(log: pd.DataFrame, title: str) -> plt.Figure:
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax, (name, cols, how) in zip(axes.flat, panels, strict=False):
+        if how == "kl":
+            points = log.dropna(subset=["heldout/kl"])
+            for c in ("heldout/reward", "heldout/gold"):
+                if c in points:
+                    ax.plot(points["heldout/kl"], points[c], marker="o", label=c.split("/")[1])
+            ax.set_title(name)
+            ax.set_xlabel("KL from start (nats per answer)")
+            ax.legend(fontsize=7)
+            continue
         if how == "stack":
             ax.stackplot(log["step"], *[log[c] for c in cols],
                          labels=[c.split("/")[1] for c in cols], alpha=0.8)

@@ -5,7 +5,13 @@ import math
 
 import pytest
 
-from grao_pipeline.alignment.diagnostics import distinct_n, distinct_n_ci, echo_fraction, echoes
+from grao_pipeline.alignment.diagnostics import (
+    distinct_n,
+    distinct_n_ci,
+    echo_fraction,
+    echoes,
+    empties,
+)
 
 
 @pytest.mark.parametrize("question, answer, fraction", [
@@ -24,6 +30,10 @@ def test_an_answer_is_an_echo_from_80_percent_copied_words():
                "what did you learn lately? chemistry",           # 5/6 = 0.83: an echo
                "i learned that plankton make our oxygen"]        # 1/7
     assert echoes(questions, answers).tolist() == [1.0, 1.0, 0.0]
+
+
+def test_an_answer_without_a_word_is_empty():
+    assert empties(["", "  ", "...", "ok", "i'm fine"]).tolist() == [1.0, 1.0, 1.0, 0.0, 0.0]
 
 
 def test_distinct_2_falls_with_repetition():
@@ -79,3 +89,35 @@ def test_a_held_out_gold_scorer_is_reported_beside_the_training_reward():
     metrics, _, _ = summarise_evaluation(EvalConfig(bootstrap_resamples=100, gold=gold), scored)
     assert metrics["grao"]["gold_reward"]["value"] == pytest.approx(-0.5)
     assert "gold_minus_training" in metrics["grao"] and "gold_reward" in metrics["reference"]
+
+
+def test_the_over_optimisation_curve_is_measured_without_changing_what_training_samples(tokenizer, rows):
+    """evaluation.curve_every: every k steps the log gains the held-out training reward,
+    gold and KL, and the run trains exactly as it would without the curve."""
+    import torch
+
+    from grao_pipeline.alignment.config import EvalConfig, RewardConfig
+    from grao_pipeline.alignment.evaluation import HeldOutCurve
+    from grao_pipeline.alignment.methods.grao import GRAOMethodConfig
+    from grao_pipeline.alignment.rewards import CompositeReward
+    from grao_pipeline.alignment.run import train_method
+    from tests.fixtures import tiny_model
+
+    training = RewardConfig(components={"tests.helpers:length_reward": {"weight": 1.0}})
+    params = EvalConfig(curve_every=2, curve_prompts=3, max_new_tokens=4, max_prompt_tokens=32,
+                        gold={"tests.helpers:echo_penalty": {"weight": 1.0}})
+    cfg = GRAOMethodConfig(steps=4, prompts_per_step=2, num_generations=2, max_completion_tokens=4,
+                           learning_rate=1e-3, mixed_precision="fp32", show_progress=False,
+                           temperature=1.0)
+    runs = []
+    for with_curve in (False, True):
+        policy = tiny_model(tokenizer, seed=0)
+        callbacks = [HeldOutCurve(policy, rows, params, training)] if with_curve else []
+        trained, log, _ = train_method("grao", policy, rows, {"grao": cfg}, CompositeReward(training),
+                                       callbacks=callbacks)
+        runs.append((trained.model.state_dict(), log))
+    (plain, _), (curved, log) = runs
+    assert all(torch.equal(plain[k], curved[k]) for k in plain)
+    assert [("heldout/gold" in r, "heldout/kl" in r) for r in log] == [(False, False), (True, True)] * 2
+    assert log[1]["heldout/kl"] > 0 and -1.0 <= log[3]["heldout/gold"] <= 0.0
+    assert log[3]["heldout/reward"] >= 0.0  # length_reward of the answers

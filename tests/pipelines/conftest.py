@@ -8,6 +8,8 @@ import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
+from grao_pipeline.alignment.models import ModelAndTokenizer, save_model
+from grao_pipeline.alignment.rewards.reward_model import reward_model_from_policy
 from grao_pipeline.io import HFModelDataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +25,9 @@ TINY_RUN = {
     "sft_continued": {"steps": 2, "batch_size": 4, "mixed_precision": "fp32", "show_progress": False},
     "dpo": {"steps": 2, "max_completion_tokens": 6, "mixed_precision": "fp32", "show_progress": False},
     "evaluation": {"num_prompts": 4, "max_new_tokens": 6, "batch_size": 4,
-                   "bootstrap_resamples": 200},
+                   "bootstrap_resamples": 200, "curve_every": 1, "curve_prompts": 2},
+    **{f"{role}_reward_model": {"conversation_prompts": 8, "batch_size": 8, "max_length": 48,
+                                "bootstrap_resamples": 200} for role in ("proxy", "gold")},
 }
 
 
@@ -35,6 +39,12 @@ def project(tmp_path, tiny, monkeypatch):
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     (tmp_path / "conf" / "local").mkdir()
     HFModelDataset(path=str(tmp_path / "tiny_base")).save(tiny)
+    # conf/base trains against the proxy reward model and judges with the gold one, which
+    # the default run makes first; a pipeline run without them finds these untrained
+    # tiny classifiers in their place (the default run replaces them).
+    for role in ("proxy", "gold"):
+        save_model(ModelAndTokenizer(reward_model_from_policy(tiny, seed=0), tiny.tokenizer),
+                   tmp_path / f"data/06_models/{role}_reward_model")
     (tmp_path / "conf" / "local" / "catalog.yml").write_text(
         f"base_model_source:\n  type: grao_pipeline.io.HFModelDataset\n  path: {tmp_path / 'tiny_base'}\n")
     monkeypatch.chdir(tmp_path)  # the catalog's relative data/ paths resolve here

@@ -26,13 +26,19 @@ TINY_PARAMS = {
                             "mixed_precision": "fp32", "show_progress": False},
     "parameters_evaluation.yml": {"num_prompts": 4, "max_new_tokens": 6, "batch_size": 4,
                                   "bootstrap_resamples": 200},
+    **{f"parameters_reward_model.yml:{role}_reward_model": {
+        "conversation_prompts": 8, "batch_size": 8, "max_length": 48, "bootstrap_resamples": 200}
+       for role in ("proxy", "gold")},
 }
 
 
 def set_params(repo: Path, filename: str, values: dict) -> None:
+    """``filename`` or ``filename:section`` for a file of several sections."""
+    filename, _, section = filename.partition(":")
     path = repo / "conf" / "base" / filename
     doc = yaml.safe_load(path.read_text())
-    (section,) = doc
+    if not section:
+        (section,) = doc
     doc[section].update(values)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
@@ -77,7 +83,7 @@ def repo(tmp_path, tiny):
 
 @pytest.mark.slow
 def test_repro_caches_and_reruns_only_what_changed(repo):
-    stages = {"data_processing", "sft", "grao", "evaluation"}
+    stages = {"data_processing", "reward_models", "sft", "grao", "evaluation"}
     assert ran(sh(repo, "dvc", "repro")) == stages
     assert (repo / "data/06_models/grao/model.safetensors").is_file()
 

@@ -18,11 +18,13 @@ def test_default_pipeline_runs_end_to_end(project):
     kedro_run(project)
     metrics = json.loads((project / "data/08_reporting/evaluation_metrics.json").read_text())
     assert set(metrics) == {"base", "sft", "grao", "reference"}
-    assert set(metrics["reference"]) == {"mean_reward", "echo_share", "distinct_2"}
+    assert set(metrics["reference"]) == {"mean_reward", "echo_share", "distinct_2", "gold_reward"}
     for label in ("base", "sft", "grao"):
         assert "win_vs_reference" not in metrics[label]  # one name per metric: ras
-        for name in ("mean_reward", "ras", "tie_vs_reference", "loss_vs_reference",
-                     "nag", "net_win_vs_start", "kl_from_start", "response_length", "echo_share"):
+        # issue 32: the proxy (training) reward, the gold and the hacking diagnostics
+        for name in ("mean_reward", "gold_reward", "gold_minus_training", "ras", "tie_vs_reference",
+                     "loss_vs_reference", "nag", "net_win_vs_start", "kl_from_start",
+                     "response_length", "echo_share", "empty_share", "frac_truncated"):
             m = metrics[label][name]
             assert set(m) == {"value", "ci_low", "ci_high"}
             assert m["ci_low"] - 1e-9 <= m["value"] <= m["ci_high"] + 1e-9
@@ -37,6 +39,9 @@ def test_default_pipeline_runs_end_to_end(project):
     log = pd.read_csv(project / "data/08_reporting/grao_training_log.csv")
     assert list(log["step"]) == [1, 2]
     assert log["echo_share"].between(0, 1).all() and "distinct_2" in log
+    # the over-optimisation curve (evaluation.curve_every: 1): training reward, gold, KL
+    assert log[["heldout/reward", "heldout/gold", "heldout/kl"]].notna().all().all()
+    assert (log["heldout/kl"] >= 0).all() and log["heldout/kl"].iloc[-1] > 0
     for name in ("evaluation.png", "grao_training_curves.png", "sft_training_curves.png",
                  "data_report.json"):
         assert (project / "data/08_reporting" / name).stat().st_size > 0
@@ -50,6 +55,14 @@ def test_default_pipeline_runs_end_to_end(project):
     completions = pd.read_json(project / "data/07_model_output/evaluation_completions.jsonl", lines=True)
     assert len(completions) == 12 and set(completions["model"]) == {"base", "sft", "grao"}
     assert (project / "data/06_models/checkpoints/grao/step-000002").is_dir()
+    # the reward models came first, from opposite halves of the conversations
+    reports = {role: json.loads((project / f"data/08_reporting/{role}_reward_model_report.json").read_text())
+               for role in ("proxy", "gold")}
+    assert {r["pairs"]["half"] for r in reports.values()} == {"first", "second"}
+    assert all(r["backbone"] == "minilm" and r["synthetic"] is False for r in reports.values())
+    for role in ("proxy", "gold"):
+        folder = project / f"data/06_models/{role}_reward_model"
+        assert json.loads((folder / "config.json").read_text())["model_type"] == "bert"
 
 
 @pytest.mark.slow
@@ -72,6 +85,9 @@ def test_kedro_run_under_torchrun_saves_once_from_rank_zero(project):
     log = pd.read_csv(project / "data/08_reporting/grao_training_log.csv")
     assert list(log["step"]) == [1, 2]
     assert log["echo_share"].between(0, 1).all() and "distinct_2" in log
+    # the over-optimisation curve (evaluation.curve_every: 1): training reward, gold, KL
+    assert log[["heldout/reward", "heldout/gold", "heldout/kl"]].notna().all().all()
+    assert (log["heldout/kl"] >= 0).all() and log["heldout/kl"].iloc[-1] > 0
     assert (log["samples"] == 2 * 2).all()  # 2 prompts × G=2 over both ranks
     assert (project / "data/06_models/grao/model.safetensors").is_file()
     assert sorted(p.name for p in (project / "data/06_models/checkpoints/grao").iterdir()) == [

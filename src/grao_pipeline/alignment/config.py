@@ -359,14 +359,25 @@ class EvalConfig:
     """Bootstrap resamples for the 95% intervals."""
     seed: int = 0
     """Seed for sampling and the bootstrap."""
+    curve_every: Annotated[int, Range(ge=0)] = 0
+    """During training (the method pipelines), every ``curve_every`` optimiser steps:
+    greedy answers to ``curve_prompts`` validation prompts, scored with the training
+    reward and the gold, with their KL from the start policy, in the training log and
+    curves (the over-optimisation curve). Each point costs about as much as one
+    training step on a CPU. 0: off."""
+    curve_prompts: Annotated[int, Range(ge=1)] = 16
+    """Validation prompts answered for each point of the curve."""
     gold: dict[str, dict] = field(default_factory=dict)
     """A held-out scorer, as ``rewards.components`` blocks (e.g. ``{reward_model: {weight:
     1.0, model: data/06_models/reward_gold}}``): every answer and reference is also scored
     with it (``gold_reward``, and ``gold_minus_training`` per answer). A component the
-    policy trained on cannot be gold, and is refused. Empty: only the training reward is
-    reported, and it is what the policy optimised."""
+    policy trained on cannot be gold, and is refused. A component with weight 0 is off
+    (an environment switches the default gold off that way). Empty, or all off: only the
+    training reward is reported, and it is what the policy optimised."""
 
     def __post_init__(self) -> None:
         check_types(self)
+        self.gold = {name: block for name, block in self.gold.items()
+                     if not (isinstance(block, dict) and block.get("weight") == 0)}
         if self.gold:
             RewardConfig(components=self.gold)  # the same checks as the training reward's

@@ -4,6 +4,8 @@ up to the token limit, shows here whatever its reward says.
 
 - ``echo_fraction``: the share of an answer's words that appear in its question; an
   answer is an *echo* when it is at least ``ECHO_THRESHOLD`` (80%) copied.
+- ``empties``: answers with no word at all (a policy trained against a reward model that
+  never saw an empty reply learnt to stop at once);
 - ``distinct_n``: distinct n-grams over all n-grams of a set of answers (Li et al. 2016);
   repetition drives it down.
 Words are lower-cased runs of letters, digits and apostrophes.
@@ -38,6 +40,11 @@ def echoes(questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
     """1.0 for each answer that is an echo of its question, else 0.0."""
     return np.array([echo_fraction(q, a) >= ECHO_THRESHOLD
                      for q, a in zip(questions, answers, strict=True)], dtype=float)
+
+
+def empties(answers: Sequence[str]) -> np.ndarray:
+    """1.0 for each answer with no word, else 0.0."""
+    return np.array([not words(a) for a in answers], dtype=float)
 
 
 def distinct_n(answers: Sequence[str], n: int = 2) -> float:

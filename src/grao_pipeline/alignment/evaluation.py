@@ -122,3 +122,40 @@ def score_answers(answers: pd.DataFrame, reward_params: RewardConfig, label: str
                                       **finished(answers))
         scored["reference_gold_reward"] = judge(prompts, refs, refs, **columns, **finished(None))
     return scored
+
+
+class HeldOutCurve:
+    """A ``train`` callback for the over-optimisation curve (Gao et al. 2022): every
+    ``params.curve_every`` steps, greedy answers to the first ``params.curve_prompts``
+    held-out ``rows``, scored with the training reward (``heldout/reward``) and the gold
+    (``heldout/gold``, where ``params.gold`` names one), with their mean KL from the
+    policy as it was when the callback was made (``heldout/kl``), added to that step's
+    log row. A reward being won rather than earned shows as the training reward rising
+    while the gold, against the KL, does not.
+
+    Training reseeds its RNG every step, so the curve's decoding leaves what training
+    samples unchanged (a test holds the trained weights equal with and without it)."""
+
+    def __init__(self, policy: ModelAndTokenizer, rows: list[dict], params: EvalConfig,
+                 reward_params: RewardConfig):
+        import copy
+
+        self.policy, self.params = policy, params
+        self.start = ModelAndTokenizer(copy.deepcopy(policy.model).requires_grad_(False), policy.tokenizer)
+        self.rows = datasets.Dataset.from_list(rows[:params.curve_prompts])
+        self.reward = CompositeReward(reward_params)
+        if params.gold:
+            check_gold(params.gold, reward_params)
+        self.gold = CompositeReward(RewardConfig(components=params.gold)) if params.gold else None
+
+    def __call__(self, step: int, row: dict) -> None:
+        if step % self.params.curve_every:
+            return
+        answers = answer_prompts(self.policy, self.rows, self.params, self.start)
+        prompts, completions = list(answers["prompt"]), list(answers["completion"])
+        refs = list(answers["reference"])
+        columns = {**data_columns(answers), "finished": (~answers["truncated"].astype(bool)).tolist()}
+        row["heldout/reward"] = float(torch.tensor(self.reward(prompts, completions, refs, **columns)).mean())
+        if self.gold is not None:
+            row["heldout/gold"] = float(torch.tensor(self.gold(prompts, completions, refs, **columns)).mean())
+        row["heldout/kl"] = float(answers["kl_from_start"].mean())

@@ -12,10 +12,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from grao_pipeline.alignment.config import RolloutConfig, TrainConfig
+from grao_pipeline.alignment.config import RewardConfig, RolloutConfig, TrainConfig
 from grao_pipeline.alignment.lora import finished, with_adapters
 from grao_pipeline.alignment.methods import MethodSpec, phase_specs
-from grao_pipeline.alignment.models import ModelAndTokenizer, context_length
+from grao_pipeline.alignment.models import ModelAndTokenizer, context_length, weights_digest
 from grao_pipeline.alignment.rewards import RewardFn
 from grao_pipeline.alignment.tokens import check_prompt_lengths
 from grao_pipeline.alignment.trainer import train
@@ -48,6 +48,19 @@ def method_configs(name: str, sections: Mapping[str, Any], changes: Mapping[str,
             cfg = spec.fit_budget(cfg, budget)
         out.append((spec, cfg))
     return out
+
+
+def reward_context(reward_cfg: RewardConfig) -> dict[str, Any]:
+    """What a run's reward depends on beyond its settings: the settings, plus the SHA-256
+    of the weights in every local model folder a component names. A reward model
+    retrained in place keeps its path, so without the weights a checkpoint trained
+    against the old one would be resumed (and a comparison run kept) as if nothing
+    had changed."""
+    weights = {f"{name}.{option}": weights_digest(Path(value))
+               for name, block in sorted(reward_cfg.components.items()) if block["weight"] != 0
+               for option, value in sorted(block.items())
+               if isinstance(value, str) and Path(value).is_dir() and any(Path(value).glob("*.safetensors"))}
+    return {"rewards": dataclasses.asdict(reward_cfg), **({"reward_weights": weights} if weights else {})}
 
 
 class NoSignalError(RuntimeError):

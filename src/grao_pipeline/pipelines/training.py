@@ -8,7 +8,6 @@ method's config classes, so Kedro validates them before any node runs.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from collections.abc import Callable
 
@@ -17,11 +16,12 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from kedro.pipeline import Pipeline, node, pipeline
 
-from grao_pipeline.alignment.config import RewardConfig
+from grao_pipeline.alignment.config import EvalConfig, RewardConfig
+from grao_pipeline.alignment.evaluation import HeldOutCurve
 from grao_pipeline.alignment.methods import parameter_sections, uses_reward
 from grao_pipeline.alignment.models import ModelAndTokenizer
 from grao_pipeline.alignment.rewards import CompositeReward
-from grao_pipeline.alignment.run import train_method
+from grao_pipeline.alignment.run import reward_context, train_method
 from grao_pipeline.plots import training_curves
 
 
@@ -56,30 +56,44 @@ def sections_of(name: str, params: list) -> dict:
 
 
 def fit(name: str, start_policy: ModelAndTokenizer, train_set: datasets.Dataset, params: list,
+        held_out: datasets.Dataset | None = None, eval_params: EvalConfig | None = None,
         **train_args) -> tuple[ModelAndTokenizer, pd.DataFrame, plt.Figure]:
     """Train ``start_policy`` in place with method ``name``; ``params`` in the order of
-    ``method_inputs``. Returns the policy, its step log and its training curves."""
+    ``method_inputs``. With ``eval_params.curve_every``, the over-optimisation curve is
+    measured on ``held_out`` as it trains. Returns the policy, its step log and its
+    training curves."""
     sections = sections_of(name, params)
     reward = CompositeReward(params[-1]) if uses_reward(name) else None
     reward_cfg = params[-1] if uses_reward(name) else None
-    context = None if reward_cfg is None else {"rewards": dataclasses.asdict(reward_cfg) if
-                                               dataclasses.is_dataclass(reward_cfg) else dict(reward_cfg)}
+    context = None if reward_cfg is None else reward_context(reward_cfg)
+    curve = ([HeldOutCurve(start_policy, held_out.to_list(), eval_params, reward_cfg)]
+             if reward_cfg is not None and eval_params is not None and eval_params.curve_every else [])
     policy, log, title = train_method(name, start_policy, train_set.to_list(), sections, reward,
-                                      context=context, **train_args)
+                                      context=context, callbacks=curve, **train_args)
     steps = pd.DataFrame(log)
     return policy, steps, training_curves(steps, title)
 
 
-def method_pipeline(name: str, start: str = "sft_model") -> Pipeline:
-    """One node: train ``name`` from ``start``."""
+def method_pipeline(name: str, start: str = "sft_model", after: tuple[str, ...] = ()) -> Pipeline:
+    """One node: train ``name`` from ``start``. A method that trains on a reward also
+    reads the validation split and ``params:evaluation`` for the over-optimisation curve.
+    ``after``: datasets the method reads by path through its settings (the default run's
+    proxy reward model, named in ``rewards``), made inputs so that Kedro makes them
+    first; their values are unused."""
     inputs = method_inputs(name)
+    curve = [("held_out", "validation_set", datasets.Dataset),
+             ("eval_params", "params:evaluation", EvalConfig)] if uses_reward(name) else []
 
-    def train(start_policy, train_set, *params):
-        return fit(name, start_policy, train_set, list(params))
+    def train(start_policy, train_set, *rest):
+        curve_args = dict(zip(("held_out", "eval_params"), rest[:len(curve)], strict=False))
+        return fit(name, start_policy, train_set, list(rest[len(curve):len(curve) + len(inputs)]),
+                   **curve_args)
 
     func = typed_function(train, f"train_{name}", [
         ("start_policy", ModelAndTokenizer), ("train_set", datasets.Dataset),
-        *[(arg, cls) for arg, _, cls in inputs]])
-    return pipeline([node(func, [start, "train_set", *[entry for _, entry, _ in inputs]],
+        *[(arg, cls) for arg, _, cls in curve], *[(arg, cls) for arg, _, cls in inputs],
+        *[(f"after_{i}", object) for i in range(len(after))]])
+    return pipeline([node(func, [start, "train_set", *[entry for _, entry, _ in curve],
+                                 *[entry for _, entry, _ in inputs], *after],
                           [f"{name}_model", f"{name}_training_log", f"{name}_training_curves"],
                           name=f"train_{name}")])

@@ -23,7 +23,7 @@ from accelerate.state import PartialState
 from accelerate.utils import reduce
 
 from grao_pipeline.alignment.config import RolloutConfig
-from grao_pipeline.alignment.diagnostics import distinct_n, echoes
+from grao_pipeline.alignment.diagnostics import distinct_n, echoes, empties
 from grao_pipeline.alignment.generation import Sampler, Samples, build_sampler
 from grao_pipeline.alignment.logprobs import shared_prompt_token_logps, shares_prompt, token_logps
 from grao_pipeline.alignment.lora import AdaptersDisabled, has_adapters
@@ -114,6 +114,7 @@ def rollout_and_score(sampler: Sampler, tokenizer, reward: RewardFn, rows: list[
         "completion_length": samples.mask.sum(1).float().mean().item(),
         "frac_truncated": samples.num_truncated / len(samples.texts),
         "echo_share": float(echoes([p for p in prompts for _ in range(g)], samples.texts).mean()),
+        "empty_share": float(empties(samples.texts).mean()),
         "distinct_2": distinct_n(samples.texts, 2),
         "samples": len(samples.texts),
         "time/generate": t1 - t0,

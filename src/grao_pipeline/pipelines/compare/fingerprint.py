@@ -12,6 +12,7 @@ that run is trained again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from grao_pipeline.alignment.checkpoints import (
 from grao_pipeline.alignment.compare import CompareConfig
 from grao_pipeline.alignment.config import EvalConfig, RewardConfig
 from grao_pipeline.alignment.models import ModelAndTokenizer
+from grao_pipeline.alignment.run import reward_context
 from grao_pipeline.hooks import active_parameters
 from grao_pipeline.pipelines.compare.nodes import rollout_budget
 from grao_pipeline.pipelines.training import method_inputs
@@ -43,11 +45,23 @@ def input_fingerprints(start_policy: ModelAndTokenizer, train_set: datasets.Data
             "test rows": rows_fingerprint(test_set.to_list())[:16]}
 
 
+def config_fingerprint(cfg: Any) -> str:
+    """A config's digest. The rewards', and evaluation's where it names a gold scorer,
+    include the weights of the model folders they name (a reward model retrained in
+    place keeps its path)."""
+    if isinstance(cfg, RewardConfig):
+        return value_fingerprint(reward_context(cfg))[:16]
+    if isinstance(cfg, EvalConfig) and cfg.gold:
+        return value_fingerprint({"evaluation": dataclasses.asdict(cfg),
+                                  **reward_context(RewardConfig(components=cfg.gold))})[:16]
+    return value_fingerprint(cfg)[:16]
+
+
 def run_fingerprint(name: str, seed: int, budget: int, configs: dict[str, Any],
                     inputs: dict[str, str]) -> dict:
     """``configs``: catalog entry (``params:grao``) -> the config the run read."""
     return {"method": name, "seed": seed, "budget": budget,
-            **{entry: value_fingerprint(cfg)[:16] for entry, cfg in configs.items()}, **inputs}
+            **{entry: config_fingerprint(cfg) for entry, cfg in configs.items()}, **inputs}
 
 
 def run_configs(name: str, parameters: dict) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from grao_pipeline.alignment.compare import CompareConfig
 from grao_pipeline.alignment.config import EvalConfig, RewardConfig, TrainConfig
-from grao_pipeline.alignment.diagnostics import distinct_n, echoes
+from grao_pipeline.alignment.diagnostics import distinct_n, echoes, empties
 from grao_pipeline.alignment.evaluation import answer_prompts, score_answers
 from grao_pipeline.alignment.methods import phase_specs, uses_reward
 from grao_pipeline.alignment.metrics import (
@@ -33,7 +33,7 @@ from grao_pipeline.plots import compare_grao_shares, compare_reward_curves
 log = logging.getLogger(__name__)
 
 TABLE_METRICS = ("ras", "tie_vs_reference", "loss_vs_reference", "nag", "net_win_vs_start",
-                 "mean_reward", "kl_from_start", "response_length", "echo_share")
+                 "mean_reward", "kl_from_start", "response_length", "echo_share", "empty_share")
 
 # What the on-policy methods must share for a fair comparison.
 SHARED_ROLLOUT = ("steps", "prompts_per_step", "num_generations", "temperature",
@@ -96,7 +96,8 @@ def summarise_comparison(params: CompareConfig, *runs: pd.DataFrame
         seeds = sorted(df["seed"].unique())
         per_seed = [per_prompt_metrics(d["reward"], d["verdict_vs_reference"], d["verdict_vs_start"],
                                        d["kl_from_start"], d["length"])
-                    | {"echo_share": echoes(d["prompt"], d["completion"])}
+                    | {"echo_share": echoes(d["prompt"], d["completion"]),
+                       "empty_share": empties(d["completion"])}
                     | ({"gold_reward": np.asarray(d["gold_reward"], float)} if "gold_reward" in d else {})
                     for _, d in df.groupby("seed", sort=True)]
         for metric in TABLE_METRICS + (("gold_reward",) if "gold_reward" in df else ()):

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from grao_pipeline.alignment.config import EvalConfig
-from grao_pipeline.alignment.diagnostics import distinct_n_ci, echoes
+from grao_pipeline.alignment.diagnostics import distinct_n_ci, echoes, empties
 from grao_pipeline.alignment.metrics import bootstrap_ci, length_matched, per_prompt_metrics
 from grao_pipeline.plots import evaluation_summary
 
@@ -25,7 +25,8 @@ def summarise_evaluation(params: EvalConfig, *scored: pd.DataFrame
     ±20% of the reference's tokens, at least ±3; ``length_matched`` is their share): a
     policy that wins by being longer does not win there. The hacking diagnostics,
     computed from the text alone, sit beside the reward: ``echo_share`` (answers at least
-    80% copied from the question) and ``distinct_2`` (over the model's answers), and the
+    80% copied from the question), ``empty_share`` (answers with no word) and
+    ``distinct_2`` (over the model's answers), and the
     same two for the human references on the same prompts.
     """
     metrics: dict[str, dict[str, dict[str, float]]] = {}
@@ -37,6 +38,7 @@ def summarise_evaluation(params: EvalConfig, *scored: pd.DataFrame
         per_prompt["frac_truncated"] = np.asarray(df["truncated"], float)
         per_prompt["length_matched"] = length_matched(df["length"], df["reference_length"])
         per_prompt["echo_share"] = echoes(df["prompt"], df["completion"])
+        per_prompt["empty_share"] = empties(df["completion"])
         if "gold_reward" in df:  # a held-out scorer (evaluation.gold)
             per_prompt["gold_reward"] = np.asarray(df["gold_reward"], float)
             per_prompt["gold_minus_training"] = np.asarray(df["gold_reward"] - df["reward"], float)

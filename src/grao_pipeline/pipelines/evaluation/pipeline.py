@@ -18,14 +18,17 @@ def _score_as(label: str):
     annotated node arguments."""
 
     def score(answers: pd.DataFrame, reward_params: RewardConfig, params: EvalConfig,
-              start_answers: pd.DataFrame | None = None) -> pd.DataFrame:
+              start_answers: pd.DataFrame | None = None, **after: object) -> pd.DataFrame:
         return score_answers(answers, reward_params, label, start_answers, params.gold)
 
     score.__name__ = score.__qualname__ = f"score_{label}"
     return score
 
 
-def create_pipeline(**kwargs) -> Pipeline:
+def create_pipeline(after: tuple[str, ...] = (), **kwargs) -> Pipeline:
+    """``after``: datasets the scorers read by path through their settings (the default
+    run's proxy and gold reward models), made inputs of the scoring nodes so that Kedro
+    makes them first; their values are unused."""
     nodes = []
     for label in MODELS:
         is_start = label == START
@@ -37,7 +40,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(_score_as(label),
                  {"answers": f"{label}_answers", "reward_params": "params:rewards",
                   "params": "params:evaluation",
-                  **({} if is_start else {"start_answers": f"{START}_answers"})},
+                  **({} if is_start else {"start_answers": f"{START}_answers"}),
+                  **{f"after_{i}": name for i, name in enumerate(after)}},
                  f"{label}_scored", name=f"score_{label}"),
         ]
     nodes.append(node(summarise_evaluation, ["params:evaluation"] + [f"{m}_scored" for m in MODELS],

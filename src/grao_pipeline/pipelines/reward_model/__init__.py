@@ -1,5 +1,5 @@
-"""The reward_model pipeline."""
+"""The reward_model pipeline, and the default run's proxy and gold reward models."""
 
-from .pipeline import create_pipeline
+from .pipeline import ROLES, create_pipeline, create_role_pipelines
 
-__all__ = ["create_pipeline"]
+__all__ = ["ROLES", "create_pipeline", "create_role_pipelines"]
