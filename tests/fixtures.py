@@ -113,3 +113,17 @@ def latest_checkpoint(checkpoint_dir: str | Path | None) -> Path | None:
 def unregister_method(name: str) -> None:
     """Remove a method a test registered."""
     registry._REGISTRY.pop(name, None)
+
+
+def seed_reward_models(project: Path, policy) -> None:
+    """Untrained tiny proxy and gold reward models where conf/base reads them
+    (data/06_models/{proxy,gold}_reward_model), saved as the pipeline saves them, so a
+    run of a project copy that does not make them (``--pipelines grao``) finds them, and
+    one that does (the default run) may replace them."""
+    from grao_pipeline.alignment.models import ModelAndTokenizer
+    from grao_pipeline.alignment.rewards.reward_model import reward_model_from_policy
+    from grao_pipeline.io import HFModelDataset
+
+    for role in ("proxy", "gold"):
+        HFModelDataset(path=str(project / f"data/06_models/{role}_reward_model")).save(
+            ModelAndTokenizer(reward_model_from_policy(policy, seed=0), policy.tokenizer))

@@ -48,18 +48,11 @@ RUN_BY = {
     "dvc pull": "tests.pipelines.test_dvc:test_a_killed_repro_resumes_and_push_pull_share_head_and_experiments",
     "git add dvc.lock && git commit -m \"run\"":
         "tests.pipelines.test_dvc:test_a_killed_repro_resumes_and_push_pull_share_head_and_experiments",
-    ".venv/bin/kedro run --pipelines reward_models":
-        "tests.pipelines.test_reward_model:test_the_proxy_and_gold_reward_models_train_once_and_are_reused",
     "torchrun --nproc_per_node 2 -m kedro run --pipelines grao":
         "tests.pipelines.test_kedro_run:test_kedro_run_under_torchrun_saves_once_from_rank_zero",
 }
 
 NOT_RUN = {
-    ".venv/bin/kedro run --pipelines grao,evaluation --params \"grao.seed=7\"":
-        "the default run's GRAO at another seed (~6 min); --params reaches the nodes in "
-        "test_kedro_run's bad-parameter tests",
-    ".venv/bin/python benchmarks/reward_backbones.py --prompts 100":
-        "a benchmark (minutes); the nodes it times are tested in test_reward_model",
     "make dashboard": "a server that runs until stopped; the storage it reads is tested",
     "kedro run --pipelines sensitivity": "~10 min at the shipped budget; run_sensitivity is "
                                          "covered by the tuning tests' storage and objective",

@@ -115,7 +115,8 @@ def test_the_local_judge_is_deterministic(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_kedro_trains_and_evaluates_grao_with_the_judge(project, tmp_path):  # noqa: F811
-    judge_params = {"components": {"relevance": {"weight": 0}, "positivity": {"weight": 0},
+    judge_params = {"components": {"reward_model": {"weight": 0}, "relevance": {"weight": 0},
+                                   "positivity": {"weight": 0},
                                    "profanity": {"weight": 0},
                                    "judge": {"weight": 1.0, "backend": "local",
                                              "model": str(project / "tiny_base"),

@@ -8,9 +8,8 @@ import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-from grao_pipeline.alignment.models import ModelAndTokenizer, save_model
-from grao_pipeline.alignment.rewards.reward_model import reward_model_from_policy
 from grao_pipeline.io import HFModelDataset
+from tests.fixtures import seed_reward_models
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,12 +38,7 @@ def project(tmp_path, tiny, monkeypatch):
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     (tmp_path / "conf" / "local").mkdir()
     HFModelDataset(path=str(tmp_path / "tiny_base")).save(tiny)
-    # conf/base trains against the proxy reward model and judges with the gold one, which
-    # the default run makes first; a pipeline run without them finds these untrained
-    # tiny classifiers in their place (the default run replaces them).
-    for role in ("proxy", "gold"):
-        save_model(ModelAndTokenizer(reward_model_from_policy(tiny, seed=0), tiny.tokenizer),
-                   tmp_path / f"data/06_models/{role}_reward_model")
+    seed_reward_models(tmp_path, tiny)  # conf/base trains against the proxy, judges with the gold
     (tmp_path / "conf" / "local" / "catalog.yml").write_text(
         f"base_model_source:\n  type: grao_pipeline.io.HFModelDataset\n  path: {tmp_path / 'tiny_base'}\n")
     monkeypatch.chdir(tmp_path)  # the catalog's relative data/ paths resolve here

@@ -192,7 +192,8 @@ def test_the_table_has_at_least_30_cases():
 @pytest.mark.parametrize("section, change, message", [
     ("grao", {"exploration": "flase"}, "exploration = 'flase': must be bool"),
     ("grao", {"num_generations": 2.5}, "num_generations = 2.5: must be int"),
-    ("rewards", {"components": {n: {"weight": 0} for n in ("relevance", "positivity", "profanity")}},
+    ("rewards", {"components": {n: {"weight": 0} for n in ("reward_model", "relevance", "positivity",
+                                                           "profanity")}},
      "every weight is 0"),
 ])
 def test_kedro_refuses_bad_parameters_before_touching_anything(project, section, change, message):  # noqa: F811

@@ -14,7 +14,7 @@ import yaml
 from safetensors.torch import load_file
 
 from grao_pipeline.io import HFModelDataset
-from tests.fixtures import gpt2_tokenizer, tiny_model
+from tests.fixtures import gpt2_tokenizer, seed_reward_models, tiny_model
 from tests.pipelines.conftest import ROOT, TINY_RUN
 
 KILL_AT = Path(__file__).with_name("kill_at.py")
@@ -38,7 +38,9 @@ def trained_sft(tmp_path_factory):
                         ignore=shutil.ignore_patterns("local", "__pycache__", "*.egg-info"))
     shutil.copy(ROOT / "pyproject.toml", project / "pyproject.toml")
     (project / "conf/local").mkdir()
-    HFModelDataset(path=str(project / "tiny_base")).save(tiny_model(gpt2_tokenizer(), seed=0))
+    tiny = tiny_model(gpt2_tokenizer(), seed=0)
+    HFModelDataset(path=str(project / "tiny_base")).save(tiny)
+    seed_reward_models(project, tiny)
     (project / "conf/local/catalog.yml").write_text(
         f"base_model_source:\n  type: grao_pipeline.io.HFModelDataset\n  path: {project / 'tiny_base'}\n")
     (project / "conf/local/parameters.yml").write_text(yaml.safe_dump(PARAMS))

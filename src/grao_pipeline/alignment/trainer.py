@@ -343,6 +343,11 @@ def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainCo
                                              trainable, named, optimizer, scheduler))
                     row = history[-1]
                     progress.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "reward/mean") if k in row})
+                    # before the checkpoint: what a callback adds to the row (the
+                    # over-optimisation curve) is saved with it, so a resumed log equals
+                    # an uninterrupted one
+                    for callback in callbacks:
+                        callback(step + 1, row)
                     interrupted = _any_rank(accelerator, stop.received is not None)
                     last = step + 1 == cfg.steps
                     if cfg.checkpoint_dir and (interrupted or (cfg.checkpoint_every and (
@@ -354,8 +359,6 @@ def train(model: torch.nn.Module, method: Method, rows: list[dict], cfg: TrainCo
                         raise TrainingInterrupted(
                             f"{method.name}: stopped by {stop.received or 'a signal on another rank'} "
                             f"after step {step + 1} of {cfg.steps}; {where}")
-                    for callback in callbacks:
-                        callback(step + 1, row)
         except StopTraining:
             pass
         finally:
