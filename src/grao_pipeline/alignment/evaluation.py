@@ -86,6 +86,15 @@ def check_gold(gold: dict[str, dict], reward_params: RewardConfig) -> None:
                          "reward model trained on other conversations")
 
 
+def gold_scorer(gold: dict[str, dict], reward_params: RewardConfig) -> CompositeReward | None:
+    """The held-out scorer ``gold`` names, refused if the training reward also uses it;
+    None when no gold is configured."""
+    if not gold:
+        return None
+    check_gold(gold, reward_params)
+    return CompositeReward(RewardConfig(components=gold))
+
+
 def score_answers(answers: pd.DataFrame, reward_params: RewardConfig, label: str,
                   start_answers: pd.DataFrame | None = None,
                   gold: dict[str, dict] | None = None) -> pd.DataFrame:
@@ -115,9 +124,8 @@ def score_answers(answers: pd.DataFrame, reward_params: RewardConfig, label: str
         verdict_vs_reference=pairwise_verdicts(scores["total"], ref_total, reward_params.tie_margin).numpy(),
         verdict_vs_start=pairwise_verdicts(scores["total"], start_total, reward_params.tie_margin).numpy(),
         **{f"reward/{k}": v for k, v in scores.items() if k != "total"})
-    if gold:
-        check_gold(gold, reward_params)
-        judge = CompositeReward(RewardConfig(components=gold))
+    judge = gold_scorer(gold or {}, reward_params)
+    if judge is not None:
         scored["gold_reward"] = judge(prompts, list(answers["completion"]), refs, **columns,
                                       **finished(answers))
         scored["reference_gold_reward"] = judge(prompts, refs, refs, **columns, **finished(None))
@@ -144,9 +152,7 @@ class HeldOutCurve:
         self.start = ModelAndTokenizer(copy.deepcopy(policy.model).requires_grad_(False), policy.tokenizer)
         self.rows = datasets.Dataset.from_list(rows[:params.curve_prompts])
         self.reward = CompositeReward(reward_params)
-        if params.gold:
-            check_gold(params.gold, reward_params)
-        self.gold = CompositeReward(RewardConfig(components=params.gold)) if params.gold else None
+        self.gold = gold_scorer(params.gold, reward_params)
 
     def __call__(self, step: int, row: dict) -> None:
         if step % self.params.curve_every:

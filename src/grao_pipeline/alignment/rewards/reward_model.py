@@ -173,6 +173,13 @@ def reward_model_from_policy(policy, seed: int = 0):
     return classifier
 
 
+def backbone_folder(cfg: RewardModelConfig) -> str:
+    """The folder of a backbone other than ``policy``: MiniLM's, or the one named."""
+    from grao_pipeline.alignment.rewards.builtin import minilm_folder
+
+    return minilm_folder() if cfg.backbone == "minilm" else cfg.backbone
+
+
 def untrained_reward_model(cfg: RewardModelConfig, policy=None):
     """(classifier, tokenizer) of ``cfg.backbone`` with a fresh scalar head seeded by
     ``cfg.seed``. ``policy``: the start policy, which ``backbone: policy`` needs."""
@@ -186,9 +193,8 @@ def untrained_reward_model(cfg: RewardModelConfig, policy=None):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from grao_pipeline.alignment.models import check_if_local
-    from grao_pipeline.alignment.rewards.builtin import minilm_folder
 
-    folder = minilm_folder() if cfg.backbone == "minilm" else cfg.backbone
+    folder = backbone_folder(cfg)
     check_if_local(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     if tokenizer.pad_token is None:
@@ -214,13 +220,12 @@ def cache_key(cfg: RewardModelConfig, train_pairs: list[dict], held_out: list[di
         weights_fingerprint,
     )
     from grao_pipeline.alignment.models import weights_digest
-    from grao_pipeline.alignment.rewards.builtin import minilm_folder
 
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "cache_dir"}
     if cfg.backbone == "policy":
         start = weights_fingerprint([policy.model]) if policy is not None else None
     else:
-        start = weights_digest(Path(minilm_folder() if cfg.backbone == "minilm" else cfg.backbone))
+        start = weights_digest(Path(backbone_folder(cfg)))
     return value_fingerprint({"settings": settings, "train": rows_fingerprint(train_pairs),
                               "held_out": rows_fingerprint(held_out), "start": start})[:16]
 
