@@ -354,7 +354,16 @@ class EvalConfig:
     temperature: Annotated[float, Range(gt=0)] = 1.0
     """Sampling temperature when ``do_sample``."""
     batch_size: Annotated[int, Range(ge=1)] = 32
-    """Prompts generated per batch."""
+    """Prompts generated per batch (one decode)."""
+    sampling_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    """dtype answers are decoded in, as training's rollouts (``RolloutConfig.sampling_dtype``):
+    ``auto`` = a packed bf16 sampling copy where bf16 is native (the answers then come
+    from the bf16 copy, not the float32 weights), else the model itself. ``float32``
+    answers exactly as ``generate`` would on the saved weights."""
+    decode_kernel: Literal["auto", "fused", "off"] = "auto"
+    """The bf16 copy's decode loop, as training's (``RolloutConfig.decode_kernel``):
+    ``fused`` (AVX512-BF16 CPUs, Llama models), ``off`` (tokens identical to
+    ``generate`` on the copy), ``auto`` = ``fused`` where it runs."""
     bootstrap_resamples: Annotated[int, Range(ge=100)] = 1000
     """Bootstrap resamples for the 95% intervals."""
     seed: int = 0

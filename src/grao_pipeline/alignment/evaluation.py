@@ -8,12 +8,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from grao_pipeline.alignment.attention import cpu_attention_in
 from grao_pipeline.alignment.config import EvalConfig, RewardConfig
-from grao_pipeline.alignment.generation import Sampler
+from grao_pipeline.alignment.generation import build_sampler
 from grao_pipeline.alignment.metrics import sequence_kl
 from grao_pipeline.alignment.models import ModelAndTokenizer, context_length
 from grao_pipeline.alignment.rewards import CompositeReward, pairwise_verdicts
-from grao_pipeline.alignment.tokens import check_prompt_lengths, encode_completions, encode_prompts
+from grao_pipeline.alignment.tokens import (
+    check_prompt_lengths,
+    encode_completions,
+    encode_prompts,
+    format_prompts,
+)
 
 # What ``answer_prompts`` writes; any other column of its frame is a dataset column
 # (e.g. a ground-truth ``answer``), kept so rewards can read it.
@@ -44,17 +50,34 @@ def answer_prompts(policy: ModelAndTokenizer, test_set: datasets.Dataset, params
                          context_length(model))
     torch.manual_seed(params.seed)
     model.eval()
-    sampler = Sampler.around(model)
-    completions, lengths, truncated, kl = [], [], [], []
-    for start in tqdm(range(0, len(prompts), params.batch_size), desc="answering", leave=False):
-        encoded = encode_prompts(tok, prompts[start:start + params.batch_size])
-        samples = sampler.sample(tok, encoded, 1, params.max_new_tokens, params.temperature,
-                                 do_sample=params.do_sample)
-        completions += samples.texts
-        lengths += samples.mask.sum(1).tolist()
-        truncated += samples.truncated.tolist()
-        kl += (sequence_kl(model, start_policy.model, encoded, samples.ids, samples.mask).tolist()
-               if start_policy is not None else [0.0] * len(samples.texts))
+    # Batches of prompts of similar length (answers are put back in the test set's
+    # order): a batch pads its prompts to its longest, and padding costs compute.
+    widths = [len(ids) for ids in tok(format_prompts(tok, prompts), add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(prompts)), key=widths.__getitem__)
+    batches = []
+    # The decode path training's rollouts take (``build_sampler``: the sampling copy and
+    # its loop, chosen once), so answers cost what a rollout costs, not ``generate``'s
+    # per-step overhead; the policy attends as it does in training while it answers.
+    with cpu_attention_in(model, next(model.parameters()).device):
+        sampler = build_sampler(model, params.sampling_dtype, params.batch_size, params.decode_kernel)
+        for start in tqdm(range(0, len(prompts), params.batch_size), desc="answering", leave=False):
+            encoded = encode_prompts(tok, [prompts[i] for i in order[start:start + params.batch_size]])
+            batches.append((encoded, sampler.sample(tok, encoded, 1, params.max_new_tokens,
+                                                    params.temperature, do_sample=params.do_sample)))
+    # The KL outside that block: both models attend alike, so a policy equal to its
+    # start scores exactly 0.
+    kl = [value for encoded, samples in batches for value in (
+        sequence_kl(model, start_policy.model, encoded, samples.ids, samples.mask).tolist()
+        if start_policy is not None else [0.0] * len(samples.texts))]
+    position = {i: rank for rank, i in enumerate(order)}
+
+    def in_order(values: list) -> list:
+        return [values[position[i]] for i in range(len(prompts))]
+
+    kl = in_order(kl)
+    completions = in_order([text for _, samples in batches for text in samples.texts])
+    lengths = in_order([n for _, samples in batches for n in samples.mask.sum(1).tolist()])
+    truncated = in_order([cut for _, samples in batches for cut in samples.truncated.tolist()])
     references = [r["reference"] for r in rows]
     # Counted as the completions are: tokens up to and including EOS, within the limit.
     reference_lengths = encode_completions(tok, references, params.max_new_tokens,

@@ -116,10 +116,15 @@ def sequence_kl(model, start_policy, prompts: EncodedPrompts, completion_ids: to
     """
     out = []
     for s in range(0, completion_ids.shape[0], chunk):
-        args = (prompts.ids[s:s + chunk], prompts.mask[s:s + chunk],
-                completion_ids[s:s + chunk], completion_mask[s:s + chunk])
+        prompt_mask, mask = prompts.mask[s:s + chunk], completion_mask[s:s + chunk]
+        # Only the columns some row of the chunk uses: a forward costs per column, and
+        # positions come from the mask, so dropping all-padding columns changes nothing.
+        first = 0
+        width = max(int(mask.sum(1).max()), 1)
+        args = (prompts.ids[s:s + chunk, first:], prompt_mask[:, first:],
+                completion_ids[s:s + chunk, :width], mask[:, :width])
         lp = F.log_softmax(completion_logits(model, *args).float(), dim=-1)
         lq = F.log_softmax(completion_logits(start_policy, *args).float(), dim=-1)
         kl_t = (lp.exp() * (lp - lq)).sum(-1)
-        out.append((kl_t * completion_mask[s:s + chunk]).sum(-1))
+        out.append((kl_t * mask[:, :width]).sum(-1))
     return torch.cat(out)
