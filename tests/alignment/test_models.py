@@ -46,3 +46,27 @@ def test_hub_ids_go_through_source_and_paths_stay_local(tmp_path):
         HFModelDataset(source="HuggingFaceTB/SmolLM2-360M-Instruct").save("a model")
     with pytest.raises(DatasetError, match="trust_remote_code = 'yes'"):
         HFModelDataset(path=str(tmp_path), trust_remote_code="yes")
+
+
+def test_a_tokenizer_loaded_again_is_a_copy_until_its_folder_changes(tiny, tmp_path, monkeypatch):
+    """The second load of an unchanged folder builds nothing (a copy of the first, which
+    the caller may change freely); a changed tokenizer file is loaded afresh."""
+    from transformers import AutoTokenizer
+
+    from grao_pipeline.alignment import models
+
+    HFModelDataset(path=str(tmp_path / "m")).save(tiny)
+    first = models.load_tokenizer(str(tmp_path / "m"))
+    built = []
+    real = AutoTokenizer.from_pretrained
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: built.append(a) or real(*a, **k))
+    again = models.load_tokenizer(str(tmp_path / "m"))
+    assert built == [] and again is not first
+    assert again("hello there")["input_ids"] == first("hello there")["input_ids"]
+    again.chat_template = "changed"  # a copy: the next load is not affected
+    assert models.load_tokenizer(str(tmp_path / "m")).chat_template == first.chat_template
+
+    tiny.tokenizer.chat_template = "{{ messages[0]['content'] }}"
+    HFModelDataset(path=str(tmp_path / "m")).save(tiny)
+    assert models.load_tokenizer(str(tmp_path / "m")).chat_template == "{{ messages[0]['content'] }}"
+    assert len(built) == 1

@@ -8,6 +8,8 @@ from grao_pipeline.alignment.tokens import (
     completion_mask,
     encode_completions,
     encode_prompts,
+    format_prompts,
+    prompt_token_lengths,
 )
 
 EOS = 9
@@ -81,6 +83,33 @@ def test_prompt_longer_than_limit_is_refused(tokenizer):
         check_prompt_lengths(tokenizer, ["a rather long prompt " * 3], 5, 4, 512)
     with pytest.raises(ValueError, match="exceed the model context"):
         check_prompt_lengths(tokenizer, ["hi"], 500, 100, 512)
+
+
+def test_prompt_lengths_are_measured_once_per_tokenizer_content(tmp_path, monkeypatch):
+    """A tokenizer loaded again from the same folder reuses the counts (no template is
+    rendered); one with another chat template measures afresh, and gets its own counts."""
+    from transformers import AutoTokenizer
+
+    from tests.fixtures import gpt2_tokenizer
+
+    gpt2_tokenizer().save_pretrained(tmp_path / "tok")
+    prompts = [f"question number {i}, asked with some words?" for i in range(5)]
+    first = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    want = [len(first(format_prompts(first, [p]), add_special_tokens=False)["input_ids"][0]) for p in prompts]
+    assert prompt_token_lengths(first, prompts) == want
+
+    again = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    rendered = []
+    monkeypatch.setattr(type(again), "apply_chat_template",
+                        lambda self, *a, **k: rendered.append(a) or "")
+    assert prompt_token_lengths(again, prompts[::-1]) == want[::-1] and rendered == []
+    monkeypatch.undo()
+
+    other = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    other.chat_template = "{% for m in messages %}<|im_start|>user: {{ m['content'] }}{% endfor %}"
+    assert prompt_token_lengths(other, prompts) == [
+        len(other(format_prompts(other, [p]), add_special_tokens=False)["input_ids"][0]) for p in prompts]
+    assert prompt_token_lengths(other, prompts) != want
 
 
 MEMORY_PROBE = """

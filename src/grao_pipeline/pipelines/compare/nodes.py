@@ -72,9 +72,8 @@ def train_and_evaluate(name: str, seed: int, start_policy: ModelAndTokenizer,
     cumulative ``generated_samples``."""
     policy = ModelAndTokenizer(copy.deepcopy(start_policy.model), start_policy.tokenizer)
     params_in_order = sections + ([reward_params] if uses_reward(name) else [])
-    policy, steps, fig = fit(name, policy, train_set, params_in_order,
-                             changes={"seed": seed, **NO_CHECKPOINTS}, budget=budget or None)
-    plt.close(fig)
+    policy, steps, _ = fit(name, policy, train_set, params_in_order,
+                           changes={"seed": seed, **NO_CHECKPOINTS}, budget=budget or None)
     samples = steps["samples"].fillna(0).cumsum() if "samples" in steps else 0
     answers = answer_prompts(policy, test_set, params, start_policy=start_policy)
     scored = score_answers(answers, reward_params, name, start_answers, params.gold).assign(seed=seed)
