@@ -14,6 +14,12 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(items):
+    """The slow tests (whole Kedro runs, subprocesses) first, in their files' order: the
+    two xdist workers then end on short tests, not one of them on a long test alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from tests.fixtures import gpt2_tokenizer

@@ -18,6 +18,10 @@
   word. Optuna workers (``tuning``) are meant to run side by side: they share the
   lock with each other, and still exclude a training run. (flock does not work
   across machines on NFS; give each machine its own data directory.)
+- ``NodeTimes``: each node's wall time, loading its inputs and saving its outputs
+  included, logged when the run ends or fails, one line per node in the order they
+  ran ("node answer_sft took 57.3 s"): where a run's time went, without a profiler
+  (``benchmarks/workflows.py`` reads these lines).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import difflib
 import fcntl
 import json
+import logging
 import os
 import socket
 import sys
@@ -38,6 +43,7 @@ from kedro.io import MemoryDataset
 
 from grao_pipeline.alignment.rewards import registered_rewards
 
+logger = logging.getLogger(__name__)
 _ACTIVE: dict[str, Any] = {}
 
 
@@ -159,3 +165,45 @@ class RunLock:
     @hook_impl
     def on_pipeline_error(self) -> None:
         self._release()
+
+
+class NodeTimes:
+    """A node's time runs from its first input load to its last output save."""
+
+    def __init__(self):
+        self.started: dict[str, float] = {}
+        self.took: dict[str, float] = {}
+
+    def _until_now(self, node) -> None:
+        self.took[node.name] = time.perf_counter() - self.started[node.name]
+
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        self.started.clear()
+        self.took.clear()
+
+    @hook_impl
+    def before_dataset_loaded(self, node) -> None:
+        self.started.setdefault(node.name, time.perf_counter())
+
+    @hook_impl
+    def before_node_run(self, node) -> None:
+        self.started.setdefault(node.name, time.perf_counter())
+
+    @hook_impl
+    def after_node_run(self, node) -> None:
+        self._until_now(node)
+
+    @hook_impl
+    def after_dataset_saved(self, node) -> None:
+        if node is not None and node.name in self.started:
+            self._until_now(node)
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        for name, seconds in self.took.items():
+            logger.info("node %s took %.1f s", name, seconds)
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self.after_pipeline_run()

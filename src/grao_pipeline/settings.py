@@ -2,14 +2,14 @@
 
 import os
 
-from grao_pipeline.hooks import ActiveParameters, CheckedNames, MainProcessSaves, RunLock
+from grao_pipeline.hooks import ActiveParameters, CheckedNames, MainProcessSaves, NodeTimes, RunLock
 from grao_pipeline.pipelines.compare.fingerprint import StaleRuns
 
 # Telemetry stays off unless the user opts in: README commands run outside `make` too.
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-HOOKS = (ActiveParameters(), CheckedNames(), MainProcessSaves(), RunLock(), StaleRuns())
+HOOKS = (ActiveParameters(), CheckedNames(), MainProcessSaves(), RunLock(), StaleRuns(), NodeTimes())
 
 # kedro-viz writes .viz/ on every run through its hooks; the project does not need it.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-viz",)

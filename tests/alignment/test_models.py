@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from kedro.io import DatasetError
@@ -54,6 +56,7 @@ def test_a_tokenizer_loaded_again_is_a_copy_until_its_folder_changes(tiny, tmp_p
     from transformers import AutoTokenizer
 
     from grao_pipeline.alignment import models
+    from grao_pipeline.alignment.models import ModelAndTokenizer
 
     HFModelDataset(path=str(tmp_path / "m")).save(tiny)
     first = models.load_tokenizer(str(tmp_path / "m"))
@@ -66,7 +69,8 @@ def test_a_tokenizer_loaded_again_is_a_copy_until_its_folder_changes(tiny, tmp_p
     again.chat_template = "changed"  # a copy: the next load is not affected
     assert models.load_tokenizer(str(tmp_path / "m")).chat_template == first.chat_template
 
-    tiny.tokenizer.chat_template = "{{ messages[0]['content'] }}"
-    HFModelDataset(path=str(tmp_path / "m")).save(tiny)
+    changed = copy.deepcopy(tiny.tokenizer)  # the session's tokenizer stays as it is
+    changed.chat_template = "{{ messages[0]['content'] }}"
+    HFModelDataset(path=str(tmp_path / "m")).save(ModelAndTokenizer(tiny.model, changed))
     assert models.load_tokenizer(str(tmp_path / "m")).chat_template == "{{ messages[0]['content'] }}"
     assert len(built) == 1

@@ -121,8 +121,8 @@ def test_repro_caches_and_reruns_only_what_changed(repo):
 
 @pytest.mark.slow
 def test_a_killed_repro_resumes_and_push_pull_share_head_and_experiments(repo, tmp_path):
-    set_params(repo, "parameters_grao.yml", {"steps": 30, "checkpoint_every": 2})
-    sh(repo, "git", "commit", "-qam", "30 grao steps")
+    set_params(repo, "parameters_grao.yml", {"steps": 8, "checkpoint_every": 2})
+    sh(repo, "git", "commit", "-qam", "8 grao steps")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     first = subprocess.Popen(["dvc", "repro", "grao"], cwd=repo, env=env, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -136,10 +136,10 @@ def test_a_killed_repro_resumes_and_push_pull_share_head_and_experiments(repo, t
     assert not (repo / "data/06_models/grao").exists()
 
     out = sh(repo, "dvc", "repro")
-    assert re.search(r"grao: resumed from \S*step-0000(0[4-9]|[12]\d)", out)
+    assert re.search(r"grao: resumed from \S*step-00000[4-7]", out)
     steps = [int(row["step"]) for row in csv.DictReader(
         (repo / "data/08_reporting/grao_training_log.csv").open())]
-    assert steps == list(range(1, 31))
+    assert steps == list(range(1, 9))
     assert "up to date" in sh(repo, "dvc", "status")
 
     # HEAD's outputs, checkpoints included, reach a fresh clone through the committed remote
@@ -153,7 +153,7 @@ def test_a_killed_repro_resumes_and_push_pull_share_head_and_experiments(repo, t
     shutil.copytree(repo / "conf/local", clone / "conf/local", dirs_exist_ok=True)
     sh(clone, "dvc", "pull")
     assert "up to date" in sh(clone, "dvc", "status")
-    assert (clone / "data/06_models/checkpoints/grao/step-000030/trainer_state.json").is_file()
+    assert (clone / "data/06_models/checkpoints/grao/step-000008/trainer_state.json").is_file()
 
     # an experiment is applied and committed through DVC's own commands, then shared
     sh(repo, "dvc", "exp", "run", "-n", "lam0", "-S", "conf/base/parameters_grao.yml:grao.lam=0.0")

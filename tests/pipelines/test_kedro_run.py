@@ -1,7 +1,9 @@
 """A Kedro session run of the whole default pipeline on a tiny model, offline."""
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +16,16 @@ from .conftest import TINY_RUN, kedro_run
 
 
 @pytest.mark.slow
-def test_default_pipeline_runs_end_to_end(project):
-    kedro_run(project)
+def test_default_pipeline_runs_end_to_end(project, caplog):
+    with caplog.at_level(logging.INFO, logger="grao_pipeline.hooks"):
+        kedro_run(project)
+    # NodeTimes: one line per node, in the order they ran, with its seconds
+    took = re.findall(r"node (\S+) took (\d+\.\d) s", caplog.text)
+    names = [name for name, _ in took]
+    assert len(names) == len(set(names)) and {"train_sft", "train_grao", "answer_grao",
+                                                "summarise_evaluation"} <= set(names), names
+    assert names.index("train_sft") < names.index("train_grao") < names.index("answer_grao")
+    assert float(dict(took)["train_grao"]) > 0
     metrics = json.loads((project / "data/08_reporting/evaluation_metrics.json").read_text())
     assert set(metrics) == {"base", "sft", "grao", "reference"}
     assert set(metrics["reference"]) == {"mean_reward", "echo_share", "distinct_2", "gold_reward"}

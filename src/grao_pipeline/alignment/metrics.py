@@ -125,6 +125,8 @@ def sequence_kl(model, start_policy, prompts: EncodedPrompts, completion_ids: to
                 completion_ids[s:s + chunk, :width], mask[:, :width])
         lp = F.log_softmax(completion_logits(model, *args).float(), dim=-1)
         lq = F.log_softmax(completion_logits(start_policy, *args).float(), dim=-1)
-        kl_t = (lp.exp() * (lp - lq)).sum(-1)
+        # KL is never negative; rounding can make a near-zero one so (-1e-7 for a
+        # policy one small step from its start).
+        kl_t = (lp.exp() * (lp - lq)).sum(-1).clamp(min=0)
         out.append((kl_t * mask[:, :width]).sum(-1))
     return torch.cat(out)
