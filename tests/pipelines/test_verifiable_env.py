@@ -24,3 +24,22 @@ def test_the_verifiable_env_trains_grpo_sft_on_generated_problems(project):
     assert list(log["step"]) == [1, 2] and (log["sft_nll"] > 0).all()
     assert log["reward/mean"].between(0.0, 1.0).all()  # exact_answer: 1/0 per sample
     assert log["reward/reference"].eq(1.0).all()  # clean references are right answers
+
+
+@pytest.mark.parametrize("env", ["base", "verifiable"])
+def test_numeric_answers_stay_text_through_the_catalog(project, env):
+    """The verifiable task's answers look like numbers ("57", "07"): saved and loaded
+    through the catalog they are still text, as the diagnostics (echo share, distinct-2)
+    and the summaries need them (an int answer crashed the comparison's summary)."""
+    with KedroSession.create(project_path=project, env=None if env == "base" else env) as session:
+        catalog = session.load_context().catalog
+    scored = pd.DataFrame({"prompt": ["What is 3 + 4?", "What is 5 + 2?"], "reference": ["7", "07"],
+                           "completion": ["7", "07"], "start_completion": ["12", "x"],
+                           "reward": [1.0, 0.0], "model": ["grao", "grao"]})
+    for name in ("compare.grao.seed_0.scored", "compare_completions"):
+        catalog.save(name, scored if name.endswith("scored") else {"grao": scored})
+        loaded = catalog.load(name)
+        loaded = loaded if name.endswith("scored") else loaded["grao"]()
+        for column in ("prompt", "reference", "completion", "start_completion"):
+            assert list(loaded[column]) == list(scored[column]), (name, column)
+        assert pd.api.types.is_numeric_dtype(loaded["reward"])
