@@ -25,12 +25,11 @@ setup: $(BIN)/.installed
 run: setup
 	$(BIN)/kedro run
 
-# Both cores, one torch thread per test (tests/conftest.py); --dist loadgroup keeps a
-# module marked xdist_group on one worker, so its module fixtures are built once.
+# Both cores, one torch thread per test (tests/conftest.py), slow tests first.
 # pytest exits 5 when it collects nothing. With a selection (`make test ARGS="-k nomatch"`)
 # that is reported, not failed; the full suite (CI) collecting nothing is a failure.
 test: setup
-	$(BIN)/python -m pytest -n 2 --dist loadgroup $(ARGS); rc=$$?; \
+	$(BIN)/python -m pytest -n 2 $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ] && [ -n "$(ARGS)" ]; then echo "pytest collected no tests for ARGS=$(ARGS) (exit 5)"; exit 0; fi; exit $$rc
 
 # DVC stages call `kedro`, so the venv's bin goes first on PATH.

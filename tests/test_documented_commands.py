@@ -64,6 +64,9 @@ NOT_RUN = {
         "under torchrun is tested",
     ".venv/bin/python benchmarks/step_time.py": "a benchmark (minutes, machine-dependent), never a test",
     ".venv/bin/python benchmarks/step_time.py --scaling": "a benchmark, never a test",
+    ".venv/bin/python benchmarks/workflows.py": "a benchmark (tens of minutes), never a test",
+    ".venv/bin/python benchmarks/workflows.py --only compare": "a benchmark, never a test",
+    ".venv/bin/python benchmarks/workflows.py --ci": "a benchmark that runs CI itself, never a test",
     ".venv/bin/kedro run --env verifiable --pipelines data_processing,compare --params "
     "reference_error_rate=0.3,compare.methods=noisy": "the full noisy-reference grid (~40 min); "
     "the verifiable env is tested by tests/pipelines/test_verifiable_env.py",

@@ -19,8 +19,6 @@ from grao_pipeline.io import HFModelDataset
 from tests.fixtures import tiny_model
 from tests.helpers import length_reward
 
-# One xdist worker runs this module (--dist loadgroup): its trained run is shared.
-pytestmark = pytest.mark.xdist_group("lora")
 LORA = {"enabled": True, "rank": 4, "alpha": 8}
 GRAO = dict(steps=2, prompts_per_step=2, num_generations=2, max_completion_tokens=6,
             learning_rate=1e-2, mixed_precision="fp32", show_progress=False, temperature=1.0,

@@ -17,10 +17,6 @@ from grao_pipeline.io import HFModelDataset
 from tests.fixtures import gpt2_tokenizer, seed_reward_models, tiny_model
 from tests.pipelines.conftest import ROOT, TINY_RUN
 
-# One xdist worker runs this module (`make test` schedules with --dist loadgroup), so
-# its module fixtures (the SFT project, the uninterrupted run) are built once, not once
-# per worker.
-pytestmark = pytest.mark.xdist_group("kill_and_resume")
 KILL_AT = Path(__file__).with_name("kill_at.py")
 PARAMS = {**TINY_RUN, "grao": {**TINY_RUN["grao"], "steps": 4, "checkpoint_every": 2}}
 COMMAND = ["run", "--pipelines", "grao"]
