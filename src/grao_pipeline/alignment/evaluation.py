@@ -18,7 +18,7 @@ from grao_pipeline.alignment.tokens import (
     check_prompt_lengths,
     encode_completions,
     encode_prompts,
-    format_prompts,
+    prompt_token_lengths,
 )
 
 # What ``answer_prompts`` writes; any other column of its frame is a dataset column
@@ -52,7 +52,7 @@ def answer_prompts(policy: ModelAndTokenizer, test_set: datasets.Dataset, params
     model.eval()
     # Batches of prompts of similar length (answers are put back in the test set's
     # order): a batch pads its prompts to its longest, and padding costs compute.
-    widths = [len(ids) for ids in tok(format_prompts(tok, prompts), add_special_tokens=False)["input_ids"]]
+    widths = prompt_token_lengths(tok, prompts)  # measured by check_prompt_lengths above
     order = sorted(range(len(prompts)), key=widths.__getitem__)
     batches = []
     # The decode path training's rollouts take (``build_sampler``: the sampling copy and

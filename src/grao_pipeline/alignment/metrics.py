@@ -119,7 +119,7 @@ def sequence_kl(model, start_policy, prompts: EncodedPrompts, completion_ids: to
         prompt_mask, mask = prompts.mask[s:s + chunk], completion_mask[s:s + chunk]
         # Only the columns some row of the chunk uses: a forward costs per column, and
         # positions come from the mask, so dropping all-padding columns changes nothing.
-        first = 0
+        first = int(prompt_mask.any(0).int().argmax())
         width = max(int(mask.sum(1).max()), 1)
         args = (prompts.ids[s:s + chunk, first:], prompt_mask[:, first:],
                 completion_ids[s:s + chunk, :width], mask[:, :width])
