@@ -84,6 +84,46 @@ def test_ablations_switch_terms_off():
     assert no_reg["loss/regulariser"] == 0.0
 
 
+def test_no_imitation_gives_reference_zero_gradient():
+    """grao_no_imitation takes y out of the objective: ℓ(y) gets no gradient even in an
+    all-fail group, where β = 0 alone still pushes ℓ(y) up by λ·|Â_i|/G per member."""
+    from grao_pipeline.alignment.methods import get_method
+    from grao_pipeline.alignment.methods.grao import GRAOMethodConfig
+
+    spec = get_method("grao_no_imitation")
+    cfg = spec.config(GRAOMethodConfig())
+    assert (cfg.beta, cfg.use_reference, cfg.include_reference_in_group) == (0.0, False, False)
+
+    sample_logps, sample_mask, reference_logps, reference_mask, _, _ = toy_batch()
+    # all samples fail, y succeeds
+    sample_rewards, reference_rewards = torch.zeros(2, 2), torch.ones(2)
+    for name, expect_pull in (("grao_beta_zero", True), ("grao_no_imitation", False)):
+        c = get_method(name).config(GRAOMethodConfig())
+        adv = group_advantages(sample_rewards + torch.tensor([[0.0, 0.1], [0.2, 0.0]]),
+                               reference_rewards, c.include_reference_in_group)
+        loss, m = grao_loss(sample_logps, sample_mask, reference_logps, reference_mask,
+                            adv.samples, adv.reference, beta=c.beta, lam=c.lam,
+                            use_reference=c.use_reference)
+        (grad,) = torch.autograd.grad(loss, reference_logps, allow_unused=True)
+        if expect_pull:
+            assert grad is not None and grad.abs().sum().item() > 0, name
+        else:  # y is not in the graph at all, not merely cancelled by mean_i Â_i = 0
+            assert grad is None, name
+        assert m["loss/imitation"] == 0.0
+    # without y the regulariser is λ × exploration
+    assert m["loss/regulariser"] == pytest.approx(c.lam * m["loss/exploration"], abs=1e-6)
+
+
+def test_no_imitation_refuses_settings_that_would_still_use_y():
+    from grao_pipeline.alignment.config import ConfigError
+    from grao_pipeline.alignment.methods.grao import GRAOMethodConfig
+
+    with pytest.raises(ConfigError, match="beta.*set beta: 0"):
+        GRAOMethodConfig(use_reference=False, include_reference_in_group=False)
+    with pytest.raises(ConfigError, match="include_reference_in_group: false"):
+        GRAOMethodConfig(use_reference=False, beta=0.0)
+
+
 def test_clipped_ratio_has_on_policy_gradient_at_ratio_one():
     sample_logps, sample_mask, reference_logps, reference_mask, adv, reference_adv = toy_batch()
     on_policy, _ = grao_loss(sample_logps, sample_mask, reference_logps, reference_mask, adv, reference_adv, BETA, LAM)

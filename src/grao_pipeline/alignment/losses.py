@@ -46,6 +46,7 @@ def grao_loss(
     clip_eps: float = 0.2,
     kl_per_token: torch.Tensor | None = None,
     kl_coef: float = 0.0,
+    use_reference: bool = True,
 ) -> tuple[torch.Tensor, dict]:
     """GRAO loss, the negative of the objective in docs/method.md, averaged over prompts:
 
@@ -69,6 +70,10 @@ def grao_loss(
         clip_eps: ε of the ratio clip.
         kl_per_token: [B, G, T] optional per-token KL to the frozen start policy.
         kl_coef: its weight (the KL's length-normalised mean is added to the loss).
+        use_reference: False takes y out of the objective: no imitation term, and the
+            regulariser keeps only λ·Â_i·ℓ(o_i), so ℓ(y) gets no gradient (the "no
+            imitation" ablation; β = 0 alone still pulls on ℓ(y) through the regulariser).
+            ℓ(y) is still reported, to show whether y's likelihood moves without it.
 
     Returns:
         loss: scalar.
@@ -88,8 +93,12 @@ def grao_loss(
         weighted_samples = sequence_mean(surrogate, sample_mask)
 
     exploration_term = weighted_samples.mean(dim=1) if exploration else ell_reference.new_zeros(())
-    imitation_term = beta * reference_advantages * ell_reference
-    regulariser_term = lam * (weighted_samples - advantages * ell_reference[:, None]).mean(dim=1)
+    if use_reference:
+        imitation_term = beta * reference_advantages * ell_reference
+        regulariser_term = lam * (weighted_samples - advantages * ell_reference[:, None]).mean(dim=1)
+    else:
+        imitation_term = ell_reference.new_zeros(ell_reference.shape)
+        regulariser_term = lam * weighted_samples.mean(dim=1)
 
     exploration_loss = -exploration_term.mean() if exploration else exploration_term
     imitation_loss = -imitation_term.mean()

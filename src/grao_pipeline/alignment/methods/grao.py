@@ -16,7 +16,7 @@ from typing import Annotated
 import torch
 
 from grao_pipeline.alignment.advantages import group_advantages
-from grao_pipeline.alignment.config import Range, RolloutConfig
+from grao_pipeline.alignment.config import Range, RolloutConfig, require
 from grao_pipeline.alignment.losses import grao_loss, k3_kl
 from grao_pipeline.alignment.methods.base import RolloutMethod, member_logps, pad_to
 from grao_pipeline.alignment.methods.registry import MethodSpec, register_method
@@ -39,9 +39,20 @@ class GRAOMethodConfig(RolloutConfig):
     """Compute the group mean/std over {o_1..o_G, y} (default) or over the samples only."""
     clip_eps: Annotated[float, Range(gt=0, lt=1)] = 0.2
     """Ratio clip range used when ``epochs_per_rollout`` > 1."""
+    use_reference: bool = True
+    """False takes y out of the objective: no imitation, and the regulariser keeps only
+    λ·Â_i·ℓ(o_i), so the model learns from its own samples alone (the "no imitation"
+    ablation, ``grao_no_imitation``). Needs β = 0 and ``include_reference_in_group:
+    false``, since both would otherwise still use y."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not self.use_reference:
+            require(self.beta == 0, self, "beta",
+                    "weights the imitation term, which use_reference: false removes; set beta: 0")
+            require(not self.include_reference_in_group, self, "include_reference_in_group",
+                    "puts y's reward into the group statistics, so y would still shape every "
+                    "advantage; with use_reference: false set include_reference_in_group: false")
 
 
 @dataclass
@@ -92,8 +103,9 @@ class GRAOMethod(RolloutMethod):
             if self.start_policy is not None:
                 batch.start_logps = member_logps(self.start_policy, *args)
         metrics = {**rollout.metrics, "frac_reward_zero_std": adv.frac_reward_zero_std,
-                   "frac_reference_advantage_negative": float((adv.reference < 0).float().mean()),
                    "tokens": int(completion_mask.sum())}
+        if cfg.use_reference:  # without y in the objective, Â_y steers nothing
+            metrics["frac_reference_advantage_negative"] = float((adv.reference < 0).float().mean())
         return batch, metrics
 
     def loss(self, model, batch: GroupBatch) -> tuple[torch.Tensor, dict]:
@@ -107,7 +119,8 @@ class GRAOMethod(RolloutMethod):
             sample_logps, batch.completion_mask[:, :g], logps[:, g], batch.completion_mask[:, g],
             batch.advantages, batch.reference_advantages, beta=self.cfg.beta, lam=self.cfg.lam,
             exploration=self.cfg.exploration, old_sample_logps=batch.old_logps,
-            clip_eps=self.cfg.clip_eps, kl_per_token=kl, kl_coef=self.cfg.kl_coef)
+            clip_eps=self.cfg.clip_eps, kl_per_token=kl, kl_coef=self.cfg.kl_coef,
+            use_reference=self.cfg.use_reference)
 
 
 def build_grao(tokenizer, reward: RewardFn, cfg: GRAOMethodConfig, model) -> GRAOMethod:
@@ -115,12 +128,17 @@ def build_grao(tokenizer, reward: RewardFn, cfg: GRAOMethodConfig, model) -> GRA
 
 
 def _title(cfg: GRAOMethodConfig) -> str:
-    return f"GRAO (β={cfg.beta}, λ={cfg.lam}, G={cfg.num_generations}, exploration={cfg.exploration})"
+    return (f"GRAO (β={cfg.beta}, λ={cfg.lam}, G={cfg.num_generations}, exploration={cfg.exploration}"
+            + ("" if cfg.use_reference else ", without y") + ")")
 
 
 register_method(MethodSpec("grao", GRAOMethodConfig, build_grao, title=_title))
 # The paper's Table 3 ablations: GRAO's own parameters with one term switched off.
-for _name, _change in (("grao_no_imitation", {"beta": 0.0}),
+# "No imitation" removes y from the objective entirely; β = 0 alone (grao_beta_zero)
+# still pulls on ℓ(y) through the regulariser (docs/method.md, "What the objective does").
+for _name, _change in (("grao_no_imitation", {"beta": 0.0, "use_reference": False,
+                                              "include_reference_in_group": False}),
+                       ("grao_beta_zero", {"beta": 0.0}),
                        ("grao_no_regulariser", {"lam": 0.0}),
                        ("grao_no_exploration", {"exploration": False})):
     register_method(MethodSpec(_name, GRAOMethodConfig, build_grao, params="grao", overrides=_change,
