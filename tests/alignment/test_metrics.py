@@ -83,3 +83,35 @@ def test_length_matched_and_the_length_controlled_win_rate_by_hand():
     assert two["value"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="no values with positive weight"):
         bootstrap_ci(wins, 200, weights=[0.0] * 5)
+
+
+def test_paired_difference_matches_hand_computation():
+    """One seed, two problems, differences (1, 0): a resample draws each problem with
+    probability 1/2, so its mean is 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4. The
+    2.5% and 97.5% quantiles are therefore 0 and 1; the mean is 0.5; 0 is inside."""
+    from grao_pipeline.alignment.metrics import paired_difference
+
+    d = paired_difference([[1.0, 0.0]], [[0.0, 0.0]], resamples=4000)
+    assert (d["value"], d["ci_low"], d["ci_high"], d["verdict"]) == (0.5, 0.0, 1.0, "no difference")
+    # the same at the seed level: two seeds, one problem each
+    d = paired_difference([[3.0], [2.0]], [[2.0], [2.0]], resamples=4000)
+    assert (d["value"], d["ci_low"], d["ci_high"]) == (0.5, 0.0, 1.0)
+    # every difference positive: no resample can average 0 or less
+    d = paired_difference([[2.0, 3.0], [4.0, 5.0]], [[1.0, 1.0], [1.0, 1.0]])
+    assert d["value"] == 2.5 and d["ci_low"] >= 1.0 and d["verdict"] == "win"
+    assert paired_difference([[0.0, 1.0]], [[1.0, 2.0]])["verdict"] == "loss"
+    with pytest.raises(ValueError, match="same seeds and problems"):
+        paired_difference([[1.0, 0.0]], [[1.0, 0.0, 1.0]])
+
+
+def test_pairing_separates_what_marginal_intervals_cannot():
+    """a beats b by 0.1 on every problem, while the problems differ far more than that:
+    the marginal intervals overlap, the paired difference is a clear win."""
+    from grao_pipeline.alignment.metrics import paired_difference, two_level_bootstrap_ci
+
+    difficulty = np.random.default_rng(0).uniform(0, 1, size=(3, 20))
+    a, b = difficulty + 0.1, difficulty
+    ia, ib = two_level_bootstrap_ci(a), two_level_bootstrap_ci(b)
+    assert ia["ci_low"] < ib["ci_high"]  # marginal intervals overlap
+    d = paired_difference(a, b)
+    assert d["verdict"] == "win" and d["ci_low"] == pytest.approx(0.1)

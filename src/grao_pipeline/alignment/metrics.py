@@ -60,6 +60,24 @@ def two_level_bootstrap_ci(values, resamples: int = 1000, seed: int = 0,
     return _interval(x, w, _weighted_means(x[drawn], w[drawn], axis=(1, 2)), level)
 
 
+def paired_difference(a, b, resamples: int = 1000, seed: int = 0, level: float = 0.95
+                      ) -> dict[str, float | str]:
+    """Mean of a − b for two methods scored on the same seeds and the same problems
+    ([seeds, problems] arrays, row s and column p the same seed and problem in both),
+    with the two-level bootstrap interval of the per-(seed, problem) difference: every
+    resample draws the same seeds and problems for both methods, so what the problems
+    share (an easy problem is easy for both) cancels instead of widening the interval.
+    ``verdict`` is "win" (a above b) or "loss" only when the interval excludes 0, else
+    "no difference"."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"paired_difference needs the same seeds and problems for both: "
+                         f"shapes {x.shape} and {y.shape}")
+    ci = two_level_bootstrap_ci(x - y, resamples, seed, level)
+    verdict = "win" if ci["ci_low"] > 0 else "loss" if ci["ci_high"] < 0 else "no difference"
+    return {**ci, "verdict": verdict}
+
+
 def steps_to_reach(rewards, fraction: float = 0.9, window: int = 3) -> float:
     """First step (1-based) at which the rolling-mean reward has made ``fraction`` of
     its total gain, last smoothed value minus first. A flat or falling curve has no
