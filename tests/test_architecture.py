@@ -43,7 +43,8 @@ def test_no_module_in_src_is_longer_than_400_lines():
 
 
 def test_nothing_points_outside_the_repository():
-    hits = [f"{p.relative_to(ROOT)}" for folder in ("src", "tests", "docs")
-            for p in (ROOT / folder).rglob("*") if p.is_file() and p.suffix in (".py", ".md", ".cpp")
+    hits = [f"{p.relative_to(ROOT)}" for folder in ("src", "tests", "docs", "conf")
+            for p in (ROOT / folder).rglob("*")
+            if p.is_file() and p.suffix in (".py", ".md", ".cpp", ".yml", ".yaml")
             and p != Path(__file__) and "../shared/" in p.read_text(errors="ignore")]
     assert not hits, hits

@@ -71,7 +71,7 @@ NOT_RUN = {
     "reference_error_rate=0.3,compare.methods=noisy": "the full noisy-reference grid (~40 min); "
     "the verifiable env is tested by tests/pipelines/test_verifiable_env.py",
     ".venv/bin/kedro run --env verifiable --pipelines data_processing,compare --params "
-    "compare.methods=core,grao.steps=60,grpo.steps=60,sft_continued.steps=120":
+    "compare.methods=core,grao.steps=60,grpo.steps=60,sft_continued.steps=60":
         "the 960-sample rerun (~1 h); the verifiable env is tested by test_verifiable_env.py",
 }
 

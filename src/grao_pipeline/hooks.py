@@ -7,7 +7,8 @@
   any environment, ``conf/local`` or ``--params``) must be one some pipeline reads, and
   every reward component must name a reward, even at weight 0 (the usual way to switch
   one off), so a misspelt name fails with the closest valid one instead of being
-  ignored. Keys inside a section are checked by the section's config dataclass.
+  ignored. A name the configuration itself reads with ``${runtime_params:<name>}``
+  (``--params reference_error_rate=0.3``) is not a section and passes. Keys inside a section are checked by the section's config dataclass.
 - ``MainProcessSaves``: under a multi-process launch (accelerate, torchrun) every rank
   runs the same nodes; only rank 0 writes persisted outputs, the other ranks keep
   their in-memory handoffs between nodes.
@@ -31,6 +32,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import time
@@ -60,6 +62,7 @@ class ActiveParameters:
     @hook_impl
     def after_context_created(self, context) -> None:
         _ACTIVE["parameters"] = context.config_loader["parameters"]
+        _ACTIVE["runtime_reads"] = runtime_reads(Path(context.config_loader.conf_source))
         # PACKAGE_NAME is set once the project is configured, after this module loads.
         project.pipelines.configure(f"{project.PACKAGE_NAME}.pipeline_registry")
 
@@ -73,10 +76,22 @@ def _closest(name: str, known: list[str]) -> str:
     return f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
 
 
-def check_parameter_names(parameters: dict[str, Any], pipelines: dict) -> None:
-    """Refuse a section no pipeline reads and a reward component that names no reward."""
+_RUNTIME_READ = re.compile(r"\$\{runtime_params:([A-Za-z_]\w*)")
+
+
+def runtime_reads(conf_source: Path) -> set[str]:
+    """Names the configuration reads with ``${runtime_params:<name>}`` (the verifiable
+    env's ``reference_error_rate``): ``--params`` puts them among the parameters too,
+    where no pipeline reads them, and they are not misspelt sections."""
+    return {m for f in conf_source.rglob("*.yml") for m in _RUNTIME_READ.findall(f.read_text())}
+
+
+def check_parameter_names(parameters: dict[str, Any], pipelines: dict,
+                          runtime: set[str] = frozenset()) -> None:
+    """Refuse a section that neither a pipeline nor the configuration (``runtime``:
+    ``${runtime_params:...}``) reads, and a reward component that names no reward."""
     read = sorted({name[len("params:"):].split(".")[0] for p in pipelines.values()
-                   for name in p.inputs() if name.startswith("params:")})
+                   for name in p.inputs() if name.startswith("params:")} | set(runtime))
     for section in parameters:
         if section not in read:
             raise ParameterNameError(
@@ -96,7 +111,7 @@ class CheckedNames:
     def before_pipeline_run(self) -> None:
         parameters = active_parameters()
         if parameters is not None:
-            check_parameter_names(parameters, project.pipelines)
+            check_parameter_names(parameters, project.pipelines, _ACTIVE.get("runtime_reads", set()))
 
 
 class MainProcessSaves:

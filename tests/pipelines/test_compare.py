@@ -24,7 +24,11 @@ from grao_pipeline.alignment.logprobs import token_logps
 from grao_pipeline.alignment.losses import sft_loss
 from grao_pipeline.alignment.methods import BaseMethod, MethodSpec, register_method
 from grao_pipeline.alignment.methods.sft import encode_answers
-from grao_pipeline.pipelines.compare.nodes import markdown_table, training_signal_rows
+from grao_pipeline.pipelines.compare.nodes import (
+    grao_differences,
+    markdown_table,
+    training_signal_rows,
+)
 from tests.fixtures import unregister_method
 
 from .conftest import TINY_RUN, kedro_run
@@ -60,6 +64,8 @@ def test_compare_every_method_two_seeds_then_the_notebook(project):
                    "kl_from_start", "response_length"):
         assert (table["metric"] == metric).sum() == len(EVERY_METHOD)
     assert not {"win_vs_reference", "win_vs_start"} & set(table["metric"])  # no duplicates
+    diffs = table[table["metric"] == "diff_vs_grao"]
+    assert set(diffs["method"]) == set(EVERY_METHOD) - {"grao"}
     finite = table.dropna(subset=["value"])
     assert ((finite["ci_low"] <= finite["value"] + 1e-9) & (finite["value"] <= finite["ci_high"] + 1e-9)).all()
     reach = table[table["metric"] == "steps_to_90pct_reward"]
@@ -77,8 +83,8 @@ def test_compare_every_method_two_seeds_then_the_notebook(project):
     dpo = logs[logs["method"] == "dpo"]  # its synthetic pairs were generated: they count
     assert dpo["generated_samples"].max() == 2 * 2 * 2
     sft_grpo = logs[(logs["method"] == "sft_grpo") & (logs["seed"] == 0)]
-    assert list(sft_grpo["phase"]) == ["sft_continued"] * 2 + ["grpo"] * 2
-    assert list(sft_grpo["step"]) == [1, 2, 3, 4]
+    assert list(sft_grpo["phase"]) == ["sft_continued", "grpo"]  # phase_steps [1, 1]: GRAO's 2 updates
+    assert list(sft_grpo["step"]) == [1, 2]
     for name in ("compare_reward_curves.png", "compare_grao_shares.png"):
         assert (report / name).stat().st_size > 0
     completions = project / "data/07_model_output/compare_completions"
@@ -254,6 +260,22 @@ def test_training_signal_rows_are_means_and_ranges_over_seeds():
     assert rows["reference_advantage_negative_steps"]["value"] == pytest.approx((1 / 3 + 1 / 3) / 2)
     assert rows["share_imitation"]["value"] == pytest.approx((0.4 + 0.1) / 2)
     assert "share_exploration" not in rows
+
+
+def test_differences_to_grao_are_paired_on_seed_and_prompt():
+    """Rows in any order are matched by (seed, prompt): GRAO is 1 above GRPO on each."""
+    def scored(model, rewards, prompts=("a", "b", "c")):
+        return pd.DataFrame([{"model": model, "seed": s, "prompt": p, "reward": r + s}
+                             for s in (0, 1) for p, r in zip(prompts, rewards, strict=True)])
+
+    grao = scored("grao", [1.0, 2.0, 0.0])
+    grpo = scored("grpo", [0.0, 1.0, -1.0]).iloc[::-1]  # reversed order: pairing is by key
+    rows = grao_differences(pd.concat([grao, grpo]), 200)
+    assert [(r["method"], r["metric"]) for r in rows] == [("grpo", "diff_vs_grao")]
+    assert (rows[0]["value"], rows[0]["ci_low"], rows[0]["ci_high"]) == (1.0, 1.0, 1.0)
+    assert grao_differences(grpo, 200) == []  # no GRAO, no differences
+    with pytest.raises(ValueError, match="grpo was scored on seeds.*same of both"):
+        grao_differences(pd.concat([grao, scored("grpo", [0.0, 1.0], ("a", "b"))]), 200)
 
 
 def test_the_markdown_table_names_an_unknown_metric():

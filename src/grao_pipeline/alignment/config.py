@@ -100,6 +100,8 @@ def _shown(hint: Any) -> str:
         return " | ".join(map(_shown, get_args(hint)))
     if hint is type(None):
         return "None"
+    if get_origin(hint) in (list, dict):  # list[int], not a bare "list" that the value is
+        return f"{get_origin(hint).__name__}[{', '.join(map(_shown, get_args(hint)))}]"
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 

@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from grao_pipeline.alignment.config import RewardConfig, RolloutConfig, TrainConfig
+from grao_pipeline.alignment.config import ConfigError, RewardConfig, RolloutConfig, TrainConfig
 from grao_pipeline.alignment.lora import finished, with_adapters
-from grao_pipeline.alignment.methods import MethodSpec, phase_specs
+from grao_pipeline.alignment.methods import MethodSpec, get_method, parameter_sections, phase_specs
 from grao_pipeline.alignment.models import ModelAndTokenizer, context_length, weights_digest
 from grao_pipeline.alignment.rewards import RewardFn
 from grao_pipeline.alignment.tokens import check_prompt_lengths
@@ -33,12 +33,21 @@ def method_configs(name: str, sections: Mapping[str, Any], changes: Mapping[str,
     checkpoint into folders of their own, never into their stand-alone method's.
     """
     specs = phase_specs(name)
-    missing = [s.section for s in specs if s.section not in sections]
+    missing = [s for s in parameter_sections(name) if s not in sections]
     if missing:
         raise KeyError(f"method {name!r} needs parameters section(s) {missing}")
+    recipe = get_method(name)
+    phase_steps = (recipe.config(sections[recipe.section]).phase_steps
+                   if recipe.phases and recipe.config_cls else None)
+    if phase_steps is not None and len(phase_steps) != len(specs):
+        raise ConfigError(f"{recipe.section}.phase_steps = {phase_steps}: recipe {name!r} has "
+                          f"{len(specs)} phases ({', '.join(s.name for s in specs)}), one step "
+                          "count each")
     out = []
-    for spec in specs:
+    for i, spec in enumerate(specs):
         cfg = spec.config(sections[spec.section])
+        if phase_steps is not None:
+            cfg = dataclasses.replace(cfg, steps=phase_steps[i])
         if len(specs) > 1 and cfg.checkpoint_dir is not None:
             cfg = dataclasses.replace(
                 cfg, checkpoint_dir=str(Path(cfg.checkpoint_dir).parent / f"{name}.{spec.name}"))

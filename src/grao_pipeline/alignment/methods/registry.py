@@ -35,11 +35,13 @@ class MethodSpec:
     name: str
     """Registry key, Kedro pipeline name and prefix of its catalog entries."""
     config_cls: type[TrainConfig] | None = None
-    """Typed config its parameters section validates into (None for a recipe)."""
+    """Typed config its parameters section validates into (for a recipe: None, or a
+    ``RecipeConfig`` that splits the steps between its phases)."""
     build: Builder | None = None
     """(tokenizer, reward, config, model) -> Method (None for a recipe)."""
     params: str | None = None
-    """Parameters section it reads (``params:<section>``); default: its own name."""
+    """Parameters section it reads (``params:<section>``); default: its own name. A
+    recipe with a ``config_cls`` (``RecipeConfig``) reads one too, for its own settings."""
     overrides: Mapping[str, Any] = field(default_factory=dict)
     """Fields replaced in that section: how an ablation differs from its parent."""
     phases: tuple[str, ...] = ()
@@ -53,8 +55,8 @@ class MethodSpec:
     """Title of the training-curve figure."""
 
     def __post_init__(self) -> None:
-        if self.phases and (self.config_cls or self.build):
-            raise ValueError(f"method {self.name!r}: a recipe (phases) has no config or builder")
+        if self.phases and self.build:
+            raise ValueError(f"method {self.name!r}: a recipe (phases) has no builder")
         if not self.phases and not (self.config_cls and self.build):
             raise ValueError(f"method {self.name!r} needs a config class and a builder")
         if self.overrides and self.config_cls:
@@ -120,8 +122,11 @@ def phase_specs(name: str) -> list[MethodSpec]:
 
 
 def parameter_sections(name: str) -> dict[str, type[TrainConfig]]:
-    """``params:`` sections that ``name`` reads -> the config class each validates into."""
-    return {s.section: s.config_cls for s in phase_specs(name)}
+    """``params:`` sections that ``name`` reads -> the config class each validates into:
+    a recipe's own section (if it has one) first, then its phases'."""
+    spec = get_method(name)
+    own = {spec.section: spec.config_cls} if spec.phases and spec.config_cls else {}
+    return {**own, **{s.section: s.config_cls for s in phase_specs(name)}}
 
 
 def uses_reward(name: str) -> bool:

@@ -19,14 +19,16 @@ from grao_pipeline.alignment.compare import CompareConfig
 from grao_pipeline.alignment.config import EvalConfig, RewardConfig, TrainConfig
 from grao_pipeline.alignment.diagnostics import distinct_n, echoes, empties
 from grao_pipeline.alignment.evaluation import answer_prompts, score_answers
-from grao_pipeline.alignment.methods import phase_specs, uses_reward
+from grao_pipeline.alignment.methods import get_method, uses_reward
 from grao_pipeline.alignment.metrics import (
     length_matched,
+    paired_difference,
     per_prompt_metrics,
     steps_to_reach,
     two_level_bootstrap_ci,
 )
 from grao_pipeline.alignment.models import ModelAndTokenizer
+from grao_pipeline.alignment.run import method_configs
 from grao_pipeline.pipelines.training import fit
 from grao_pipeline.plots import compare_grao_shares, compare_reward_curves
 
@@ -35,29 +37,77 @@ log = logging.getLogger(__name__)
 TABLE_METRICS = ("ras", "tie_vs_reference", "loss_vs_reference", "nag", "net_win_vs_start",
                  "mean_reward", "kl_from_start", "response_length", "echo_share", "empty_share")
 
-# What the on-policy methods must share for a fair comparison.
-SHARED_ROLLOUT = ("steps", "prompts_per_step", "num_generations", "temperature",
-                  "max_completion_tokens", "max_prompt_tokens", "learning_rate")
+# What every method must share for a fair comparison: the tokens it reads and writes,
+# and the optimiser's regularisation (AdamW's weight decay, gradient clipping). The
+# learning rate is not here: each method is tuned for its own (docs/comparing.md).
+SHARED_EVERY = ("max_completion_tokens", "max_prompt_tokens", "weight_decay", "max_grad_norm")
+# What the on-policy methods also share: the rollout.
+SHARED_ROLLOUT = ("steps", "prompts_per_step", "num_generations", "temperature")
 # Comparison runs neither write checkpoints nor touch the ones a method's own pipeline
 # left for resuming.
 NO_CHECKPOINTS = {"checkpoint_dir": None, "checkpoint_every": 0, "resume": False}
 
 
+def updates(cfg: TrainConfig) -> int:
+    """Optimiser updates a phase makes: one per step, or ``epochs_per_rollout`` per rollout."""
+    return cfg.steps * getattr(cfg, "epochs_per_rollout", 1)
+
+
 def rollout_budget(methods: list[str], sections: dict[str, TrainConfig]) -> int:
-    """The generated-sample budget every method gets: steps × prompts × G of the
-    on-policy methods, which must all share their rollout settings (GRAO's, where GRAO
-    is compared); a mismatch is refused, naming the fields. 0 if none is on-policy."""
-    on_policy = [(spec, spec.config(sections[spec.section]))
-                 for name in methods for spec in phase_specs(name) if spec.on_policy]
-    if not on_policy:
-        return 0
-    anchor_spec, anchor = next(((s, c) for s, c in on_policy if s.name == "grao"), on_policy[0])
-    for spec, cfg in on_policy:
+    """Check that the methods compete on equal terms, and return the generated-sample
+    budget: steps × prompts × G of the on-policy methods (0 if none is on-policy).
+
+    Refused, naming the method, the fields and the fix:
+    - any method whose tokens or optimiser regularisation (``SHARED_EVERY``), or, for
+      on-policy methods, whose rollout (``SHARED_ROLLOUT``) differ from GRAO's (or,
+      without GRAO, from the first on-policy method's);
+    - any method that sees a different number of rows (prompts, SFT's demonstrations,
+      DPO's pairs) per step, or makes a different number of optimiser updates in all
+      (a recipe: summed over its phases). SFT thus imitates the same prompts' references
+      that GRAO sees, step for step (rows are drawn by seed and step alone), and GRPO
+      sees those prompts without y.
+    """
+    phases = {name: method_configs(name, sections) for name in methods}
+    on_policy = [(spec, cfg) for name in methods for spec, cfg in phases[name] if spec.on_policy]
+    anchor_name = "grao" if "grao" in methods else next(
+        (n for n in methods if any(s.on_policy for s, _ in phases[n])), methods[0])
+    anchor_spec, anchor = next(((s, c) for s, c in on_policy if s.name == anchor_name),
+                               on_policy[0] if on_policy else phases[anchor_name][0])
+    for name, spec, cfg in ((n, *pair) for n in methods for pair in phases[n]):
+        shared = SHARED_EVERY + (SHARED_ROLLOUT if spec.on_policy and on_policy else ())
+        if len(phases[name]) > 1:  # a recipe's phases split the steps (checked as updates below)
+            shared = tuple(f for f in shared if f != "steps")
         differ = [f"{f}: {anchor_spec.name} {getattr(anchor, f)} vs {spec.name} {getattr(cfg, f)}"
-                  for f in SHARED_ROLLOUT if getattr(anchor, f) != getattr(cfg, f)]
+                  for f in shared if getattr(anchor, f) != getattr(cfg, f)]
         if differ:
             raise ValueError(f"{spec.name} and {anchor_spec.name} must share their rollout "
                              f"settings for a fair comparison; they differ in {'; '.join(differ)}")
+
+    def shape(name: str) -> tuple[list[int], int]:
+        return ([getattr(cfg, cfg.batch_field) for _, cfg in phases[name]],
+                sum(updates(cfg) for _, cfg in phases[name]))
+
+    rows, total = shape(anchor_name)
+    rows = rows[0]
+    for name in methods:
+        per_step, made = shape(name)
+        wrong_rows = [(spec, cfg) for spec, cfg in phases[name] if getattr(cfg, cfg.batch_field) != rows]
+        if wrong_rows or made != total:
+            fixes = [f"{spec.section}.{cfg.batch_field}: {rows}" for spec, cfg in wrong_rows]
+            if made != total:
+                spec, cfg = phases[name][-1]
+                if len(phases[name]) > 1:
+                    fixes.append(f"{get_method(name).section}.phase_steps summing to {total}")
+                elif hasattr(cfg, "epochs_per_rollout") and total % cfg.steps == 0:
+                    fixes.append(f"{spec.section}.epochs_per_rollout: {total // cfg.steps}")
+                else:
+                    fixes.append(f"{spec.section}.steps: {total}")
+            raise ValueError(
+                f"compare gives every method the same rows per step and the same optimiser "
+                f"updates ({anchor_name}: {rows} per step, {total} updates); {name} has "
+                f"{per_step} per step and {made} updates. Set {'; '.join(fixes)}")
+    if not on_policy:
+        return 0
     return anchor.steps * anchor.prompts_per_step * anchor.num_generations
 
 
@@ -113,11 +163,42 @@ def summarise_comparison(params: CompareConfig, *runs: pd.DataFrame
         rows.append({"method": name, "metric": "distinct_2", "value": float(np.mean(distinct)),
                      "ci_low": float(np.min(distinct)), "ci_high": float(np.max(distinct))})
         rows += training_signal_rows(name, logs[logs["method"] == name], seeds, params)
+    rows += grao_differences(scored, params.bootstrap_resamples)
     table = pd.DataFrame(rows, columns=["method", "metric", "value", "ci_low", "ci_high"])
     completions = {name: scored[scored["model"] == name].reset_index(drop=True) for name in methods}
     n_seeds = scored.groupby("model")["seed"].nunique().max()
     return (table, markdown_table(table, int(n_seeds), params.table_metrics), compare_reward_curves(logs),
             compare_grao_shares(logs), completions, logs)
+
+
+def grao_differences(scored: pd.DataFrame, resamples: int) -> list[dict]:
+    """``diff_vs_grao`` for every other method: GRAO's mean reward minus the method's,
+    paired on the same seeds and held-out prompts (``metrics.paired_difference``). None
+    when GRAO is not compared; a method whose seeds or prompts differ from GRAO's is
+    refused, since an unpaired difference would be reported as a paired one."""
+    if "grao" not in set(scored["model"]):
+        return []
+
+    def grid(name: str) -> pd.DataFrame:
+        return scored[scored["model"] == name].pivot_table(index="seed", columns="prompt",
+                                                           values="reward", aggfunc="first")
+
+    grao = grid("grao")
+    rows = []
+    for name in dict.fromkeys(scored["model"]):
+        if name == "grao":
+            continue
+        other = grid(name)
+        if set(other.index) != set(grao.index) or set(other.columns) != set(grao.columns):
+            raise ValueError(f"diff_vs_grao: {name} was scored on seeds {sorted(other.index)} and "
+                             f"{other.shape[1]} prompts, GRAO on seeds {sorted(grao.index)} and "
+                             f"{grao.shape[1]}; a paired difference needs the same of both. Rerun "
+                             "the comparison with one compare.seeds and one evaluation set")
+        other = other.loc[grao.index, grao.columns]
+        diff = paired_difference(grao.to_numpy(), other.to_numpy(), resamples)
+        rows.append({"method": name, "metric": "diff_vs_grao",
+                     **{k: diff[k] for k in ("value", "ci_low", "ci_high")}})
+    return rows
 
 
 def training_signal_rows(name: str, method_logs: pd.DataFrame, seeds: list, params: CompareConfig
@@ -180,5 +261,7 @@ def markdown_table(table: pd.DataFrame, n_seeds: int, metrics: list[str] | None 
             "(over each seed's answers) show the mean and the range over seeds (steps-to-reward: over the seeds whose training reward "
             "rose; \"no gain\": none did); "
             "ras_length_controlled is RAS over the prompts whose answer is within ±20% (at least "
-            "±3 tokens) of the reference's length.\n")
+            "±3 tokens) of the reference's length; diff_vs_grao is GRAO's mean reward minus the "
+            "method's, paired on the same seeds and prompts (above 0: GRAO better; a win or a "
+            "loss only when the interval excludes 0).\n")
     return "\n".join(lines) + "\n" + note
