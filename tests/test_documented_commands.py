@@ -70,6 +70,10 @@ NOT_RUN = {
     ".venv/bin/kedro run --env verifiable --pipelines data_processing,compare --params "
     "reference_error_rate=0.3,compare.methods=noisy": "the full noisy-reference grid (~40 min); "
     "the verifiable env is tested by tests/pipelines/test_verifiable_env.py",
+    ".venv/bin/kedro run --env verifiable --pipelines data_processing,compare --params variant=v1":
+        "a variant's full grid (~40 min); each variant's config, rows and reward are tested by "
+        "tests/pipelines/test_config.py and tests/alignment/test_verifiable.py",
+    ".venv/bin/python benchmarks/verifiable_calibration.py --variant v4": "a benchmark (minutes), never a test",
     ".venv/bin/kedro run --env verifiable --pipelines data_processing,compare --params "
     "compare.methods=core,grao.steps=60,grpo.steps=60,sft_continued.steps=60":
         "the 960-sample rerun (~1 h); the verifiable env is tested by test_verifiable_env.py",

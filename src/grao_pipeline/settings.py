@@ -2,6 +2,7 @@
 
 import os
 
+from grao_pipeline.alignment.rewards.verifiable import variant_setting
 from grao_pipeline.hooks import ActiveParameters, CheckedNames, MainProcessSaves, NodeTimes, RunLock
 from grao_pipeline.pipelines.compare.fingerprint import StaleRuns
 
@@ -20,4 +21,7 @@ CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
     "merge_strategy": {"parameters": "soft"},
+    # ${verifiable:<field>,<variant>[,<rate>]}: what a task variant of the verifiable env
+    # sets (its data folder, its reward's format bonus), from one table in the code.
+    "custom_resolvers": {"verifiable": variant_setting},
 }

@@ -70,3 +70,57 @@ def test_held_out_accuracy_is_graded_by_the_answer_column_never_the_reference():
     scored = score_answers(answers, rewards, "m")
     assert scored["reward"].tolist() == [1.0, 0.0]          # accuracy = mean_reward = 0.5
     assert scored["reference_reward"].tolist() == [0.0, 1.0]  # the wrong y scores 0 too
+
+
+def _variant_rows(name, n=400):
+    from grao_pipeline.alignment.rewards.verifiable import variant
+
+    v = variant(name)
+    rows = arithmetic_problems(n, digits=v.digits, operands=v.operands,
+                               reference_error_rate=v.reference_error_rate, seed=0,
+                               reference_format=v.reference_format)
+    reward = exact_answer_reward(format_bonus=v.format_bonus)
+    y_scores = reward([r["prompt"] for r in rows], [r["reference"] for r in rows],
+                      [r["reference"] for r in rows], answer=[r["answer"] for r in rows])
+    return v, rows, y_scores
+
+
+def test_each_variant_makes_the_data_and_reward_it_documents():
+    # v0: the bare number; v1: the same problems, y written as the model writes it
+    _, v0, s0 = _variant_rows("v0")
+    _, v1, s1 = _variant_rows("v1")
+    assert [r["prompt"] for r in v0] == [r["prompt"] for r in v1]
+    assert all(r["reference"] == r["answer"] for r in v0) and s0 == [1.0] * len(v0)
+    for r in v1:
+        expression = r["prompt"].split("What is ")[1].split("?")[0]
+        assert r["reference"] == f"{expression} = {r['answer']}"
+    assert s1 == [1.0] * len(v1)  # correct under the answer check
+    # v2: the same problems and format, 30% of y wrong in its result
+    _, v2, s2 = _variant_rows("v2")
+    assert [r["prompt"] for r in v2] == [r["prompt"] for r in v1]
+    wrong = [r for r in v2 if r["reference_is_wrong"]]
+    assert 0.25 < len(wrong) / len(v2) < 0.35
+    assert all(r["reference"].split(" = ")[0] == c["reference"].split(" = ")[0]
+               for r, c in zip(v2, v1, strict=True))
+    assert sum(s2) == len(v2) - len(wrong)  # a wrong y scores 0
+    # v3: y correct, yet below the reward's maximum, which the bare number reaches
+    v, v3, s3 = _variant_rows("v3")
+    assert v.format_bonus > 0 and all(1.0 <= s < 1.0 + v.format_bonus for s in s3)
+    bare = exact_answer_reward(format_bonus=v.format_bonus)(
+        [v3[0]["prompt"]], [v3[0]["answer"]], [v3[0]["reference"]], answer=[v3[0]["answer"]])
+    assert bare == [1.0 + v.format_bonus]
+    # v4: three operands, y correct
+    _, v4, s4 = _variant_rows("v4")
+    assert all(r["prompt"].count(" + ") == 2 for r in v4) and s4 == [1.0] * len(v4)
+
+
+def test_variants_have_folders_of_their_own_and_unknown_ones_are_named():
+    from grao_pipeline.alignment.rewards.verifiable import variant, variant_setting
+
+    assert variant_setting("root", "v0") == "noise_0.0"  # where v0's outputs always were
+    assert variant_setting("root", "v0", 0.3) == "noise_0.3"
+    assert variant_setting("root", "v2") == variant_setting("root", "v2", 0.3) == "v2"
+    assert variant_setting("root", "v1", 0.3) == "v1_noise_0.3"
+    assert variant_setting("format_bonus", "v3") == 0.5
+    with pytest.raises(ValueError, match="variant 'v9'.*v1 \\(clean\\)"):
+        variant("v9")

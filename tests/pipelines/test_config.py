@@ -89,3 +89,27 @@ def test_compare_refuses_unequal_rows_per_step_or_updates(change, refused, monke
     sections = {**p, **{k: dataclasses.replace(p[k], **v) for k, v in change.items()}}
     with pytest.raises(ValueError, match=refused):
         rollout_budget(methods, sections)
+
+
+@pytest.mark.parametrize("runtime, folder, bonus, first_reference", [
+    ({}, "noise_0.0", 0.0, "122"),
+    ({"reference_error_rate": 0.3}, "noise_0.3", 0.0, "212"),
+    ({"variant": "v1"}, "v1", 0.0, "59 + 63 = 122"),
+    ({"variant": "v3"}, "v3", 0.5, "59 + 63 = 122"),
+])
+def test_a_variant_picks_its_data_folder_rows_and_reward(runtime, folder, bonus, first_reference, monkeypatch):
+    """`--env verifiable --params variant=<v>`: the catalog's data folder, the generated
+    rows and the reward's format bonus all follow the variant's one table."""
+    import kedro.framework.project as project
+
+    from grao_pipeline.hooks import check_parameter_names, runtime_reads
+
+    monkeypatch.chdir(ROOT)
+    bootstrap_project(ROOT)
+    with KedroSession.create(project_path=ROOT, env="verifiable", runtime_params=runtime) as session:
+        context = session.load_context()
+        raw = context.config_loader["parameters"]
+        assert context.config_loader["catalog"]["train_set"]["path"] == f"data/verifiable/{folder}/05_model_input/train"
+        assert raw["rewards"]["components"]["exact_answer"]["format_bonus"] == bonus
+        assert context.catalog.load("raw_rows")[0]["reference"] == first_reference
+        check_parameter_names(raw, project.pipelines, runtime_reads(ROOT / "conf"))

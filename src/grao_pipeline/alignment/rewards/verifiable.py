@@ -9,17 +9,76 @@ digits swapped), so they look like a careless demonstrator, not like noise.
 ``exact_answer`` scores a completion 1/0 by the last integer in it against the
 ``answer`` column, never against the reference, so a wrong y never grades the model;
 ``format_bonus`` adds a little for an answer that is the number alone.
+
+``VARIANTS`` are the task variants of the comparison protocol (docs/comparing.md), one
+claim each; ``kedro run --env verifiable --params variant=v1`` picks one.
 """
 
 from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass
+from typing import Literal
 
 from grao_pipeline.alignment.rewards.registry import RewardFn, register_reward
 
 _INTEGER = re.compile(r"-?\d+")
 PROMPT = "What is {expression}? Answer with the number only."
+ReferenceFormat = Literal["number", "equation"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One variant of the verifiable task: how its data is made and how it is scored."""
+
+    claim: str
+    """What it tests."""
+    reference_format: ReferenceFormat = "equation"
+    """y as the bare sum ("52") or as the base model writes it ("18 + 34 = 52")."""
+    reference_error_rate: float = 0.0
+    """Share of references that are wrong (the equation's result, or the bare number)."""
+    format_bonus: float = 0.0
+    """``exact_answer``'s bonus for a correct answer that is the number alone."""
+    digits: int = 2
+    operands: int = 2
+
+
+VARIANTS = {
+    "v0": Variant("the old task, kept with its confound named: y is the bare number, so "
+                  "imitating y forces a change of format", reference_format="number"),
+    "v1": Variant("clean: y correct and in the model's own format"),
+    "v2": Variant("robustness: 30% of y wrong, in the same format", reference_error_rate=0.3),
+    "v3": Variant("transcend: y correct but sub-optimal, since the reward pays a bonus for "
+                  "the bare number and y is an equation, so samples can score above y",
+                  format_bonus=0.5),
+    "v4": Variant("sparse reward: three operands, where the base model's greedy accuracy "
+                  "is at most 3%, so GRPO's groups are almost all without variance",
+                  operands=3),
+}
+
+
+def variant(name: str) -> Variant:
+    """The named variant, or an error that lists them."""
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ValueError(f"variant {name!r}: the verifiable task has "
+                         + "; ".join(f"{k} ({v.claim.split(':')[0]})" for k, v in VARIANTS.items())) from None
+
+
+def variant_setting(field: str, name: str, reference_error_rate: float | None = None):
+    """What the configuration reads from a variant (a config resolver,
+    ``${verifiable:<field>,<variant>,<rate>}``): ``root`` is its data folder under
+    data/verifiable/ (v0 keeps the old ``noise_<rate>``; another variant at a rate not
+    its own gets ``_noise_<rate>``), any other field is the variant's own."""
+    v = variant(name)
+    if field != "root":
+        return getattr(v, field)
+    if name == "v0":
+        return f"noise_{float(reference_error_rate or 0.0)}"
+    own = reference_error_rate is None or float(reference_error_rate) == v.reference_error_rate
+    return name if own else f"{name}_noise_{float(reference_error_rate)}"
 
 
 def _plausibly_wrong(value: int, rng: random.Random) -> int:
@@ -33,9 +92,13 @@ def _plausibly_wrong(value: int, rng: random.Random) -> int:
 
 
 def arithmetic_problems(num_rows: int, digits: int = 2, operands: int = 2,
-                        reference_error_rate: float = 0.0, seed: int = 0) -> list[dict]:
+                        reference_error_rate: float = 0.0, seed: int = 0,
+                        reference_format: ReferenceFormat = "number") -> list[dict]:
     """``num_rows`` distinct addition problems of ``operands`` numbers with ``digits``
-    digits each."""
+    digits each; y is the sum alone or, with ``reference_format="equation"``, the sum
+    written out ("18 + 34 = 52"), a wrong y being wrong in its result."""
+    if reference_format not in ("number", "equation"):
+        raise ValueError(f"reference_format = {reference_format!r}: 'number' or 'equation'")
     if not 0.0 <= reference_error_rate < 1.0:
         raise ValueError(f"reference_error_rate = {reference_error_rate}: must be in [0, 1)")
     if digits < 1 or operands < 2:
@@ -55,8 +118,10 @@ def arithmetic_problems(num_rows: int, digits: int = 2, operands: int = 2,
         answer = sum(numbers)
         wrong = noise_rng.random() < reference_error_rate
         reference = _plausibly_wrong(answer, noise_rng) if wrong else answer
-        rows.append({"prompt": PROMPT.format(expression=" + ".join(map(str, numbers))),
-                     "reference": str(reference), "answer": str(answer), "reference_is_wrong": wrong})
+        expression = " + ".join(map(str, numbers))
+        rows.append({"prompt": PROMPT.format(expression=expression),
+                     "reference": str(reference) if reference_format == "number" else f"{expression} = {reference}",
+                     "answer": str(answer), "reference_is_wrong": wrong})
     return rows
 
 
