@@ -271,3 +271,35 @@ def test_a_resumed_study_or_a_second_worker_does_not_repeat_the_first_proposals(
     # one worker's study is reproducible: the same seed on a fresh storage, the same points
     assert _proposals(f"sqlite:///{tmp_path / 'b.db'}", "s", 0, 6) == resumed
     assert _proposals(f"sqlite:///{tmp_path / 'c.db'}", "s", 1, 1) != resumed[:1]
+
+
+def test_the_tuning_objective_reads_only_the_validation_split(monkeypatch):
+    """The studies' pipelines take the validation split and never the test split, and the
+    score answers exactly the first eval_prompts validation prompts."""
+    import datasets
+
+    from grao_pipeline.alignment.config import EvalConfig, RewardConfig
+    from grao_pipeline.alignment.tuning import SensitivityConfig, TuningConfig, ValidationScore
+    from grao_pipeline.pipelines.tuning.nodes import _score
+    from grao_pipeline.pipelines.tuning.pipeline import create_pipelines
+
+    for name, p in create_pipelines(TuningConfig(), SensitivityConfig()).items():
+        assert "validation_set" in p.inputs() and "test_set" not in p.inputs(), name
+
+    validation = datasets.Dataset.from_list(
+        [{"prompt": f"validation {i}", "reference": "y"} for i in range(6)])
+    seen = []
+
+    def answers(policy, rows, evaluation, **_):
+        picked = rows.select(range(min(evaluation.num_prompts, len(rows))))
+        seen.extend(picked["prompt"])
+        return pd.DataFrame({"prompt": picked["prompt"], "reference": picked["reference"],
+                             "completion": ["an answer"] * len(picked), "truncated": [False] * len(picked)})
+
+    monkeypatch.setattr(tuning, "answer_prompts", answers)
+    rewards = RewardConfig(components={"relevance": {"weight": 1.0}, "positivity": {"weight": 0},
+                                       "profanity": {"weight": 0}, "reward_model": {"weight": 0}})
+    score = _score(validation, EvalConfig(), rewards, "mean_reward", 4)
+    assert isinstance(score, ValidationScore)
+    score(None)
+    assert seen == [f"validation {i}" for i in range(4)]
