@@ -11,6 +11,7 @@ from grao_pipeline.alignment.diagnostics import (
     echo_fraction,
     echoes,
     empties,
+    repeats,
 )
 
 
@@ -34,6 +35,14 @@ def test_an_answer_is_an_echo_from_80_percent_copied_words():
 
 def test_an_answer_without_a_word_is_empty():
     assert empties(["", "  ", "...", "ok", "i'm fine"]).tolist() == [1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_an_answer_that_repeats_a_run_of_four_words_repeats_itself():
+    answers = ["I'm not sure if I'm listening to the devotional. I'm not sure if I'm",  # GRAO, seed 0
+               "i love playing volleyball. i love playing sports.",   # 3 words repeat, not 4
+               "yes yes yes yes yes",                                 # "yes yes yes yes" twice
+               "i like soccer and tennis", ""]
+    assert repeats(answers).tolist() == [1.0, 0.0, 1.0, 0.0, 0.0]
 
 
 def test_distinct_2_falls_with_repetition():

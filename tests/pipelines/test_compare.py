@@ -66,6 +66,14 @@ def test_compare_every_method_two_seeds_then_the_notebook(project):
     assert not {"win_vs_reference", "win_vs_start"} & set(table["metric"])  # no duplicates
     diffs = table[table["metric"] == "diff_vs_grao"]
     assert set(diffs["method"]) == set(EVERY_METHOD) - {"grao"}
+    # issue 34: what each run was given, on equal terms (2 updates of 2 prompts each)
+    given = table.set_index(["method", "metric"])["value"]
+    assert all(given[(m, "updates")] == 2 for m in EVERY_METHOD)
+    assert {m: given[(m, "demonstrations")] for m in ("sft_continued", "grao", "grao_no_imitation",
+                                                      "grpo", "sft_grpo")} == {
+        "sft_continued": 4, "grao": 4, "grao_no_imitation": 0, "grpo": 0, "sft_grpo": 2}
+    assert given[("grao", "generated_samples")] == given[("grpo", "generated_samples")] == 8
+    assert given[("sft_continued", "generated_samples")] == 0 and given[("grao", "train_s")] > 0
     finite = table.dropna(subset=["value"])
     assert ((finite["ci_low"] <= finite["value"] + 1e-9) & (finite["value"] <= finite["ci_high"] + 1e-9)).all()
     reach = table[table["metric"] == "steps_to_90pct_reward"]

@@ -34,7 +34,7 @@ def test_default_pipeline_runs_end_to_end(project, caplog):
         # issue 32: the proxy (training) reward, the gold and the hacking diagnostics
         for name in ("mean_reward", "gold_reward", "gold_minus_training", "ras", "tie_vs_reference",
                      "loss_vs_reference", "nag", "net_win_vs_start", "kl_from_start",
-                     "response_length", "echo_share", "empty_share", "frac_truncated"):
+                     "response_length", "echo_share", "empty_share", "repeat_share", "frac_truncated"):
             m = metrics[label][name]
             assert set(m) == {"value", "ci_low", "ci_high"}
             assert m["ci_low"] - 1e-9 <= m["value"] <= m["ci_high"] + 1e-9

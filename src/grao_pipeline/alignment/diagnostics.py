@@ -8,6 +8,9 @@ up to the token limit, shows here whatever its reward says.
   never saw an empty reply learnt to stop at once);
 - ``distinct_n``: distinct n-grams over all n-grams of a set of answers (Li et al. 2016);
   repetition drives it down.
+- ``repeats``: answers that repeat themselves, i.e. contain some run of ``REPEAT_N`` (4)
+  words twice. 0.5% of the 19,444 human replies of the default data's training split do;
+  GRAO's answers at seed 0 of the default run did in 77% of cases (docs/rewards.md).
 Words are lower-cased runs of letters, digits and apostrophes.
 """
 
@@ -20,6 +23,7 @@ from statistics import NormalDist
 import numpy as np
 
 ECHO_THRESHOLD = 0.8
+REPEAT_N = 4
 _WORD = re.compile(r"[\w']+")
 
 
@@ -45,6 +49,18 @@ def echoes(questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
 def empties(answers: Sequence[str]) -> np.ndarray:
     """1.0 for each answer with no word, else 0.0."""
     return np.array([not words(a) for a in answers], dtype=float)
+
+
+def repeats_itself(answer: str, n: int = REPEAT_N) -> bool:
+    """Whether some run of ``n`` words occurs twice in the answer."""
+    ws = words(answer)
+    grams = [tuple(ws[i:i + n]) for i in range(len(ws) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+def repeats(answers: Sequence[str], n: int = REPEAT_N) -> np.ndarray:
+    """1.0 for each answer that repeats a run of ``n`` words, else 0.0."""
+    return np.array([repeats_itself(a, n) for a in answers], dtype=float)
 
 
 def distinct_n(answers: Sequence[str], n: int = 2) -> float:

@@ -78,6 +78,10 @@ class Method(Protocol):
     name: str
     rows_per_step: int
     updates_per_batch: int
+    reads_reference: bool
+    """Whether the loss trains on the rows' reference answers y: each such row counts as
+    one demonstration in the step log (``demonstrations``), so a comparison shows who
+    imitated how much."""
     extra_modules: list[torch.nn.Module]
     """Trained alongside the policy (e.g. PPO's value head): optimised, clipped,
     checkpointed; the trainer replaces them with their accelerate-prepared versions."""
@@ -203,7 +207,7 @@ def to_device(batch: object, device: torch.device) -> object:
         if isinstance(getattr(batch, f.name), torch.Tensor)})
 
 
-_SUMMED = ("samples", "tokens")
+_SUMMED = ("samples", "tokens", "demonstrations")
 
 
 def reduce_metrics(accelerator: Accelerator, row: dict) -> dict:
@@ -234,6 +238,7 @@ def _one_step(accelerator: Accelerator, model: torch.nn.Module, policy: torch.nn
     rank_indices = indices[accelerator.process_index::accelerator.num_processes]
     with mixed_precision(cfg.mixed_precision, accelerator.device):
         batch, row = method.prepare(policy, [rows[i] for i in rank_indices])
+    row["demonstrations"] = len(rank_indices) if method.reads_reference else 0
     batch = to_device(batch, accelerator.device)
 
     t_update = time.perf_counter()
@@ -271,7 +276,8 @@ def _one_step(accelerator: Accelerator, model: torch.nn.Module, policy: torch.nn
 
     now = time.perf_counter()
     row.update(_weighted_mean(chunk_metrics))
-    row.update({"step": step + 1, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
+    row.update({"step": step + 1, "updates": method.updates_per_batch, "grad_norm": grad_norm,
+                "lr": scheduler.get_last_lr()[0],
                 "time/update": now - t_update, "time/step": now - t_step})
     row = reduce_metrics(accelerator, row)
     if "tokens" in row:

@@ -81,6 +81,10 @@ class GRAOMethod(RolloutMethod):
 
     name = "grao"
 
+    @property
+    def reads_reference(self) -> bool:
+        return self.cfg.use_reference
+
     def prepare(self, model, rows: list[dict]) -> tuple[GroupBatch, dict]:
         cfg, tok = self.cfg, self.tokenizer
         g = cfg.num_generations

@@ -44,6 +44,10 @@ class SampleAndReferenceBatch(SampleBatch):
 class GRPOSFTMethod(GRPOMethod):
     name = "grpo_sft"
 
+    @property
+    def reads_reference(self) -> bool:
+        return self.cfg.sft_coef > 0
+
     batch_cls = SampleAndReferenceBatch
 
     def group(self, rollout, rows: list[dict]):

@@ -53,6 +53,10 @@ class OffPolicyBatch(SampleAndReferenceBatch):
 class LUFFYMethod(GRPOMethod):
     name = "luffy"
 
+    @property
+    def reads_reference(self) -> bool:
+        return self.cfg.off_policy
+
     batch_cls = OffPolicyBatch
 
     def group(self, rollout, rows: list[dict]):

@@ -48,6 +48,7 @@ class SFTMethod(BaseMethod):
     """Supervised fine-tuning on the reference answers."""
 
     name = "sft"
+    reads_reference = True
 
     def __init__(self, tokenizer, cfg: SFTConfig):
         super().__init__()

@@ -17,7 +17,7 @@ import pandas as pd
 
 from grao_pipeline.alignment.compare import CompareConfig
 from grao_pipeline.alignment.config import EvalConfig, RewardConfig, TrainConfig
-from grao_pipeline.alignment.diagnostics import distinct_n, echoes, empties
+from grao_pipeline.alignment.diagnostics import distinct_n, echoes, empties, repeats
 from grao_pipeline.alignment.evaluation import answer_prompts, score_answers
 from grao_pipeline.alignment.methods import get_method, uses_reward
 from grao_pipeline.alignment.metrics import (
@@ -35,7 +35,8 @@ from grao_pipeline.plots import compare_grao_shares, compare_reward_curves
 log = logging.getLogger(__name__)
 
 TABLE_METRICS = ("ras", "tie_vs_reference", "loss_vs_reference", "nag", "net_win_vs_start",
-                 "mean_reward", "kl_from_start", "response_length", "echo_share", "empty_share")
+                 "mean_reward", "kl_from_start", "response_length", "echo_share", "empty_share",
+                 "repeat_share")
 
 # What every method must share for a fair comparison: the tokens it reads and writes,
 # and the optimiser's regularisation (AdamW's weight decay, gradient clipping). The
@@ -146,7 +147,8 @@ def summarise_comparison(params: CompareConfig, *runs: pd.DataFrame
         per_seed = [per_prompt_metrics(d["reward"], d["verdict_vs_reference"], d["verdict_vs_start"],
                                        d["kl_from_start"], d["length"])
                     | {"echo_share": echoes(d["prompt"], d["completion"]),
-                       "empty_share": empties(d["completion"])}
+                       "empty_share": empties(d["completion"]),
+                       "repeat_share": repeats(d["completion"])}
                     | ({"gold_reward": np.asarray(d["gold_reward"], float)} if "gold_reward" in d else {})
                     for _, d in df.groupby("seed", sort=True)]
         for metric in TABLE_METRICS + (("gold_reward",) if "gold_reward" in df else ()):
@@ -203,8 +205,10 @@ def grao_differences(scored: pd.DataFrame, resamples: int) -> list[dict]:
 
 def training_signal_rows(name: str, method_logs: pd.DataFrame, seeds: list, params: CompareConfig
                          ) -> list[dict]:
-    """What the step logs say about the learning signal, each as the mean over seeds with
-    the range over seeds: steps to reach ``reach_fraction`` of the training-reward gain;
+    """What the step logs say about each run's budget and learning signal, each as the
+    mean over seeds with the range over seeds. The budget: ``demonstrations`` (reference
+    answers the loss trained on), ``generated_samples``, optimiser ``updates`` and
+    ``train_s`` (training wall time, evaluation excluded). The signal: steps to reach ``reach_fraction`` of the training-reward gain;
     the share of groups with no reward variance (no group-relative gradient); for
     methods with y in the group, the share of groups, and of steps, where Â_y < 0 (y
     is pushed away from); and GRAO's loss-term shares. Methods without a rollout
@@ -221,7 +225,9 @@ def training_signal_rows(name: str, method_logs: pd.DataFrame, seeds: list, para
     def has(column: str) -> bool:
         return column in method_logs and bool(method_logs[column].notna().any())
 
-    rows = []
+    rows = [row(metric, [float(d[column].fillna(0).sum()) if column in d else 0.0 for d in by_seed])
+            for metric, column in (("demonstrations", "demonstrations"), ("generated_samples", "samples"),
+                                   ("updates", "updates"), ("train_s", "time/step"))]
     if has("reward/mean"):
         rows.append(row(f"steps_to_{round(params.reach_fraction * 100)}pct_reward",
                         [steps_to_reach(d["reward/mean"].dropna(), params.reach_fraction,

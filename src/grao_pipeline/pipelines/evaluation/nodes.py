@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from grao_pipeline.alignment.config import EvalConfig
-from grao_pipeline.alignment.diagnostics import distinct_n_ci, echoes, empties
+from grao_pipeline.alignment.diagnostics import distinct_n_ci, echoes, empties, repeats
 from grao_pipeline.alignment.metrics import bootstrap_ci, length_matched, per_prompt_metrics
 from grao_pipeline.plots import evaluation_summary
 
@@ -25,9 +25,10 @@ def summarise_evaluation(params: EvalConfig, *scored: pd.DataFrame
     ±20% of the reference's tokens, at least ±3; ``length_matched`` is their share): a
     policy that wins by being longer does not win there. The hacking diagnostics,
     computed from the text alone, sit beside the reward: ``echo_share`` (answers at least
-    80% copied from the question), ``empty_share`` (answers with no word) and
-    ``distinct_2`` (over the model's answers), and the
-    same two for the human references on the same prompts.
+    80% copied from the question), ``empty_share`` (answers with no word),
+    ``repeat_share`` (answers that repeat a run of 4 words) and ``distinct_2`` (over the
+    model's answers), and echo, repetition and distinct-2 of the human references on the
+    same prompts.
     """
     metrics: dict[str, dict[str, dict[str, float]]] = {}
     for df in scored:
@@ -39,6 +40,7 @@ def summarise_evaluation(params: EvalConfig, *scored: pd.DataFrame
         per_prompt["length_matched"] = length_matched(df["length"], df["reference_length"])
         per_prompt["echo_share"] = echoes(df["prompt"], df["completion"])
         per_prompt["empty_share"] = empties(df["completion"])
+        per_prompt["repeat_share"] = repeats(df["completion"])
         if "gold_reward" in df:  # a held-out scorer (evaluation.gold)
             per_prompt["gold_reward"] = np.asarray(df["gold_reward"], float)
             per_prompt["gold_minus_training"] = np.asarray(df["gold_reward"] - df["reward"], float)
@@ -58,6 +60,7 @@ def summarise_evaluation(params: EvalConfig, *scored: pd.DataFrame
         "mean_reward": bootstrap_ci(first["reference_reward"], params.bootstrap_resamples, params.seed),
         "echo_share": bootstrap_ci(echoes(first["prompt"], first["reference"]),
                                    params.bootstrap_resamples, params.seed),
+        "repeat_share": bootstrap_ci(repeats(first["reference"]), params.bootstrap_resamples, params.seed),
         "distinct_2": distinct_n_ci(first["reference"], 2, params.bootstrap_resamples, params.seed)}
     if "reference_gold_reward" in first:
         metrics["reference"]["gold_reward"] = bootstrap_ci(first["reference_gold_reward"],
