@@ -12,6 +12,7 @@ from grao_pipeline.alignment.diagnostics import (
     echoes,
     empties,
     repeats,
+    same_answers,
 )
 
 
@@ -43,6 +44,12 @@ def test_an_answer_that_repeats_a_run_of_four_words_repeats_itself():
                "yes yes yes yes yes",                                 # "yes yes yes yes" twice
                "i like soccer and tennis", ""]
     assert repeats(answers).tolist() == [1.0, 0.0, 1.0, 0.0, 0.0]
+
+
+def test_one_answer_for_every_question_is_caught():
+    assert same_answers(["yes", "Yes ", "yes", "no"]).tolist() == [1.0, 1.0, 1.0, 0.0]
+    assert same_answers(["a", "b", "c"]).mean() == pytest.approx(1 / 3)
+    assert same_answers([]).size == 0
 
 
 def test_distinct_2_falls_with_repetition():

@@ -28,13 +28,15 @@ def test_default_pipeline_runs_end_to_end(project, caplog):
     assert float(dict(took)["train_grao"]) > 0
     metrics = json.loads((project / "data/08_reporting/evaluation_metrics.json").read_text())
     assert set(metrics) == {"base", "sft", "grao", "reference"}
-    assert set(metrics["reference"]) == {"mean_reward", "echo_share", "distinct_2", "gold_reward"}
+    assert set(metrics["reference"]) == {"mean_reward", "echo_share", "repeat_share", "same_answer_share",
+                                          "distinct_2", "gold_reward"}
     for label in ("base", "sft", "grao"):
         assert "win_vs_reference" not in metrics[label]  # one name per metric: ras
         # issue 32: the proxy (training) reward, the gold and the hacking diagnostics
         for name in ("mean_reward", "gold_reward", "gold_minus_training", "ras", "tie_vs_reference",
                      "loss_vs_reference", "nag", "net_win_vs_start", "kl_from_start",
-                     "response_length", "echo_share", "empty_share", "repeat_share", "frac_truncated"):
+                     "response_length", "echo_share", "empty_share", "repeat_share", "same_answer_share",
+                     "frac_truncated"):
             m = metrics[label][name]
             assert set(m) == {"value", "ci_low", "ci_high"}
             assert m["ci_low"] - 1e-9 <= m["value"] <= m["ci_high"] + 1e-9

@@ -67,7 +67,8 @@ def test_conversation_pairs_hold_the_reply_against_another_reply_and_the_echoed_
     rows = [{"prompt": f"do you like sport number {i}?", "reference": f"yes, sport {i} is fun"}
             for i in range(10)]
     pairs, report = conversation_pairs(rows, prompts=4, seed=0)
-    assert report["kinds"] == {"other_reply": 4, "echo": 4, "echo_cut": 4, "padded": 4, "reply_cut": 4}
+    assert report["kinds"] == {"other_reply": 4, "echo": 4, "echo_cut": 4, "padded": 4, "reply_cut": 4,
+                               "repeated": 4, "common_reply": 4}
     for p in pairs:
         i = int(p["prompt"].split()[-1].rstrip("?"))
         assert p["chosen"] == f"yes, sport {i} is fun"
@@ -80,6 +81,10 @@ def test_conversation_pairs_hold_the_reply_against_another_reply_and_the_echoed_
         elif p["kind"] == "padded":  # y, then another question's reply
             assert p["rejected"].startswith(p["chosen"] + " yes, sport")
             assert p["rejected"] != f"{p['chosen']} {p['chosen']}"
+        elif p["kind"] == "repeated":  # y said twice
+            assert p["rejected"] == f"{p['chosen']} {p['chosen']}"
+        elif p["kind"] == "common_reply":  # every reply is as common here: one of them, not y
+            assert p["rejected"].startswith("yes, sport") and p["rejected"] != p["chosen"]
         else:
             assert p["rejected"].startswith("yes, sport") and p["rejected"] != p["chosen"]
     train, held = split_pairs(pairs, RewardModelConfig(eval_fraction=0.25))
@@ -97,7 +102,8 @@ def test_a_reward_model_on_conversation_pairs_ranks_the_reply_above_the_echo(pro
     report = json.loads((project / "data/08_reporting/reward_model_report.json").read_text())
     assert report["pairs"]["kinds"]["echo"] == 200 and report["synthetic"] is False
     by_kind = report["held_out_accuracy_by_kind"]
-    assert set(by_kind) == {"other_reply", "echo", "echo_cut", "padded", "reply_cut"}
+    assert set(by_kind) == {"other_reply", "echo", "echo_cut", "padded", "reply_cut", "repeated",
+                            "common_reply"}
     assert by_kind["echo"]["value"] >= ECHO_BOUND, by_kind
 
 
@@ -181,3 +187,15 @@ def test_the_proxy_and_gold_reward_models_train_once_and_are_reused(project, cap
     assert caplog.text.count("reusing") == 2
     assert all(json.loads((project / f"data/08_reporting/{r}_reward_model_report.json").read_text())
                == reports[r] for r in ("proxy", "gold"))
+
+
+def test_common_reply_negatives_are_the_most_frequent_human_replies(monkeypatch):
+    from grao_pipeline.pipelines.reward_model import nodes
+
+    monkeypatch.setattr(nodes, "COMMON_REPLIES", 1)
+    rows = [{"prompt": f"question {i}?", "reference": "yeah" if i % 3 == 0 else f"reply {i}"}
+            for i in range(30)]
+    pairs, report = nodes.conversation_pairs(rows, prompts=30, seed=0)
+    common = [p for p in pairs if p["kind"] == "common_reply"]
+    assert {p["rejected"] for p in common} == {"yeah"}  # the most frequent reply
+    assert report["kinds"]["common_reply"] == 20  # none where y is that reply itself

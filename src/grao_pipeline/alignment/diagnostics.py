@@ -11,12 +11,17 @@ up to the token limit, shows here whatever its reward says.
 - ``repeats``: answers that repeat themselves, i.e. contain some run of ``REPEAT_N`` (4)
   words twice. 0.5% of the 19,444 human replies of the default data's training split do;
   GRAO's answers at seed 0 of the default run did in 77% of cases (docs/rewards.md).
+- ``same_answers``: answers identical (lower-cased, trimmed) to the set's most common
+  answer: one reply for every question. The most common human reply of the training
+  split ("yeah") is 0.6% of them; GRAO against a reward model that could not tell a
+  generic reply from the real one answered "yes" to all 64 held-out questions.
 Words are lower-cased runs of letters, digits and apostrophes.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from statistics import NormalDist
 
@@ -61,6 +66,16 @@ def repeats_itself(answer: str, n: int = REPEAT_N) -> bool:
 def repeats(answers: Sequence[str], n: int = REPEAT_N) -> np.ndarray:
     """1.0 for each answer that repeats a run of ``n`` words, else 0.0."""
     return np.array([repeats_itself(a, n) for a in answers], dtype=float)
+
+
+def same_answers(answers: Sequence[str]) -> np.ndarray:
+    """1.0 for each answer equal to the most common answer of ``answers`` (lower-cased,
+    trimmed), else 0.0; its mean is the most common answer's share."""
+    said = [a.strip().lower() for a in answers]
+    if not said:
+        return np.array([], dtype=float)
+    top = Counter(said).most_common(1)[0][0]
+    return np.array([s == top for s in said], dtype=float)
 
 
 def distinct_n(answers: Sequence[str], n: int = 2) -> float:

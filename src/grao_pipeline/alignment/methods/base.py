@@ -23,7 +23,7 @@ from accelerate.state import PartialState
 from accelerate.utils import reduce
 
 from grao_pipeline.alignment.config import RolloutConfig
-from grao_pipeline.alignment.diagnostics import distinct_n, echoes, empties, repeats
+from grao_pipeline.alignment.diagnostics import distinct_n, echoes, empties, repeats, same_answers
 from grao_pipeline.alignment.generation import Sampler, Samples, build_sampler
 from grao_pipeline.alignment.logprobs import shared_prompt_token_logps, shares_prompt, token_logps
 from grao_pipeline.alignment.lora import AdaptersDisabled, has_adapters
@@ -116,6 +116,7 @@ def rollout_and_score(sampler: Sampler, tokenizer, reward: RewardFn, rows: list[
         "echo_share": float(echoes([p for p in prompts for _ in range(g)], samples.texts).mean()),
         "empty_share": float(empties(samples.texts).mean()),
         "repeat_share": float(repeats(samples.texts).mean()),
+        "same_answer_share": float(same_answers(samples.texts).mean()),
         "distinct_2": distinct_n(samples.texts, 2),
         "samples": len(samples.texts),
         "time/generate": t1 - t0,

@@ -17,7 +17,7 @@ import pandas as pd
 
 from grao_pipeline.alignment.compare import CompareConfig
 from grao_pipeline.alignment.config import EvalConfig, RewardConfig, TrainConfig
-from grao_pipeline.alignment.diagnostics import distinct_n, echoes, empties, repeats
+from grao_pipeline.alignment.diagnostics import distinct_n, echoes, empties, repeats, same_answers
 from grao_pipeline.alignment.evaluation import answer_prompts, score_answers
 from grao_pipeline.alignment.methods import get_method, uses_reward
 from grao_pipeline.alignment.metrics import (
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 TABLE_METRICS = ("ras", "tie_vs_reference", "loss_vs_reference", "nag", "net_win_vs_start",
                  "mean_reward", "kl_from_start", "response_length", "echo_share", "empty_share",
-                 "repeat_share")
+                 "repeat_share", "same_answer_share")
 
 # What every method must share for a fair comparison: the tokens it reads and writes,
 # and the optimiser's regularisation (AdamW's weight decay, gradient clipping). The
@@ -148,7 +148,8 @@ def summarise_comparison(params: CompareConfig, *runs: pd.DataFrame
                                        d["kl_from_start"], d["length"])
                     | {"echo_share": echoes(d["prompt"], d["completion"]),
                        "empty_share": empties(d["completion"]),
-                       "repeat_share": repeats(d["completion"])}
+                       "repeat_share": repeats(d["completion"]),
+                       "same_answer_share": same_answers(d["completion"])}
                     | ({"gold_reward": np.asarray(d["gold_reward"], float)} if "gold_reward" in d else {})
                     for _, d in df.groupby("seed", sort=True)]
         for metric in TABLE_METRICS + (("gold_reward",) if "gold_reward" in df else ()):

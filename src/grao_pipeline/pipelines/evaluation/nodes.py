@@ -9,7 +9,13 @@ import numpy as np
 import pandas as pd
 
 from grao_pipeline.alignment.config import EvalConfig
-from grao_pipeline.alignment.diagnostics import distinct_n_ci, echoes, empties, repeats
+from grao_pipeline.alignment.diagnostics import (
+    distinct_n_ci,
+    echoes,
+    empties,
+    repeats,
+    same_answers,
+)
 from grao_pipeline.alignment.metrics import bootstrap_ci, length_matched, per_prompt_metrics
 from grao_pipeline.plots import evaluation_summary
 
@@ -26,9 +32,9 @@ def summarise_evaluation(params: EvalConfig, *scored: pd.DataFrame
     policy that wins by being longer does not win there. The hacking diagnostics,
     computed from the text alone, sit beside the reward: ``echo_share`` (answers at least
     80% copied from the question), ``empty_share`` (answers with no word),
-    ``repeat_share`` (answers that repeat a run of 4 words) and ``distinct_2`` (over the
-    model's answers), and echo, repetition and distinct-2 of the human references on the
-    same prompts.
+    ``repeat_share`` (answers that repeat a run of 4 words), ``same_answer_share`` (answers
+    identical to the model's most common one) and ``distinct_2`` (over the model's
+    answers), and the same of the human references on the same prompts.
     """
     metrics: dict[str, dict[str, dict[str, float]]] = {}
     for df in scored:
@@ -41,6 +47,7 @@ def summarise_evaluation(params: EvalConfig, *scored: pd.DataFrame
         per_prompt["echo_share"] = echoes(df["prompt"], df["completion"])
         per_prompt["empty_share"] = empties(df["completion"])
         per_prompt["repeat_share"] = repeats(df["completion"])
+        per_prompt["same_answer_share"] = same_answers(df["completion"])
         if "gold_reward" in df:  # a held-out scorer (evaluation.gold)
             per_prompt["gold_reward"] = np.asarray(df["gold_reward"], float)
             per_prompt["gold_minus_training"] = np.asarray(df["gold_reward"] - df["reward"], float)
@@ -61,6 +68,8 @@ def summarise_evaluation(params: EvalConfig, *scored: pd.DataFrame
         "echo_share": bootstrap_ci(echoes(first["prompt"], first["reference"]),
                                    params.bootstrap_resamples, params.seed),
         "repeat_share": bootstrap_ci(repeats(first["reference"]), params.bootstrap_resamples, params.seed),
+        "same_answer_share": bootstrap_ci(same_answers(first["reference"]), params.bootstrap_resamples,
+                                          params.seed),
         "distinct_2": distinct_n_ci(first["reference"], 2, params.bootstrap_resamples, params.seed)}
     if "reference_gold_reward" in first:
         metrics["reference"]["gold_reward"] = bootstrap_ci(first["reference_gold_reward"],
