@@ -25,11 +25,15 @@ setup: $(BIN)/.installed
 run: setup
 	$(BIN)/kedro run
 
-# Both cores, one torch thread per test (tests/conftest.py), slow tests first.
+# Both cores, one torch thread per test and per subprocess (tests/conftest.py), slow
+# tests first. `worksteal`: xdist's default `load` hands each worker an eighth
+# of the collection up front, so one worker got every slow test (sorted first) and ran
+# them one after another while the other sat idle (measured: 1529 s wall for 1785 s of
+# tests); an idle worker now takes half of the busy one's queue.
 # pytest exits 5 when it collects nothing. With a selection (`make test ARGS="-k nomatch"`)
 # that is reported, not failed; the full suite (CI) collecting nothing is a failure.
 test: setup
-	$(BIN)/python -m pytest -n 2 $(ARGS); rc=$$?; \
+	$(BIN)/python -m pytest -n 2 --dist worksteal $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ] && [ -n "$(ARGS)" ]; then echo "pytest collected no tests for ARGS=$(ARGS) (exit 5)"; exit 0; fi; exit $$rc
 
 # DVC stages call `kedro`, so the venv's bin goes first on PATH.
