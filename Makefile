@@ -57,9 +57,9 @@ compare: setup
 	$(BIN)/kedro run --pipelines compare --only-missing-outputs $(KEDRO_ARGS)
 	$(BIN)/kedro run --pipelines compare --nodes summarise_comparison $(KEDRO_ARGS)
 
-# Optuna: `make tune` runs (or resumes) the study in parameters_tuning.yml; each
-# `make tune-worker`, in another shell or on another machine, adds one worker to the
-# same study (use a journal: or PostgreSQL storage for several workers, not SQLite).
+# Optuna: `make tune` runs (or resumes) the studies in parameters_tuning.yml, one per
+# method of tuning.methods; each `make tune-worker`, in another shell or on another
+# machine, adds one worker to the same studies (use a journal: or PostgreSQL storage for several workers, not SQLite).
 tune tune-worker: setup
 	$(BIN)/kedro run --pipelines tuning $(KEDRO_ARGS)
 

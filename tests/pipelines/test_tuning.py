@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from grao_pipeline.alignment import tuning
 from grao_pipeline.alignment.tuning import StudyConfig, pruning_callback
 
-from .conftest import TINY_RUN, kedro_run
+from .conftest import ROOT, TINY_RUN, kedro_run
 
 TINY_TUNING = {"n_trials": 3, "steps": 2, "eval_every": 1, "eval_prompts": 4,
                "pruner_startup_trials": 1}
@@ -66,12 +66,12 @@ def test_a_misspelt_search_space_key_is_refused_before_the_first_trial(project):
 def test_three_trial_study_writes_its_outputs_and_the_tuned_env_round_trips(project):
     kedro_run(project, ["data_processing", "sft"])
     kedro_run(project, ["tuning"], {**TINY_RUN, "tuning": TINY_TUNING})
-    trials = pd.read_csv(project / "data/08_reporting/tuning_trials.csv")
+    trials = pd.read_csv(project / "data/08_reporting/tuning/grao/trials.csv")
     assert len(trials) == 3 and set(trials["state"]) <= {"COMPLETE", "PRUNED"}
     for name in ("history", "importances", "contour", "intermediate_values"):
-        assert (project / f"data/08_reporting/tuning_{name}.png").stat().st_size > 0
-    tuned = yaml.safe_load((project / "conf/tuned/parameters_tuned.yml").read_text())
-    study = optuna.load_study(study_name="grao-beta-lambda",
+        assert (project / f"data/08_reporting/tuning/grao/{name}.png").stat().st_size > 0
+    tuned = yaml.safe_load((project / "conf/tuned/parameters_grao.yml").read_text())
+    study = optuna.load_study(study_name="tuning.grao",
                               storage=f"sqlite:///{project}/data/09_tuning/optuna.db")
     assert tuned == {"grao": study.best_params}
 
@@ -81,12 +81,12 @@ def test_three_trial_study_writes_its_outputs_and_the_tuned_env_round_trips(proj
 
     # issue 31, case 5: trials under another objective never join the study's old ones,
     # and the tuned environment is not rewritten from them
-    tuned_before = (project / "conf/tuned/parameters_tuned.yml").read_text()
-    with pytest.raises(Exception, match=re.escape("study 'grao-beta-lambda' holds trials run under "
+    tuned_before = (project / "conf/tuned/parameters_grao.yml").read_text()
+    with pytest.raises(Exception, match=re.escape("study 'tuning.grao' holds trials run under "
                                                   "other settings (steps '2' -> '3')")):
         kedro_run(project, ["tuning"], {**TINY_RUN, "tuning": {**TINY_TUNING, "steps": 3, "n_trials": 6}})
     assert len(study.get_trials()) == 4
-    assert (project / "conf/tuned/parameters_tuned.yml").read_text() == tuned_before
+    assert (project / "conf/tuned/parameters_grao.yml").read_text() == tuned_before
 
     # the best values become a config environment that trains the final model
     (project / "conf/tuned/catalog.yml").write_text((project / "conf/local/catalog.yml").read_text())
@@ -182,7 +182,7 @@ def test_a_killed_worker_trial_is_failed_and_retried(project):
     killed = running[0]
     time.sleep(3)  # past the grace period: the heartbeat is stale
     finish(worker(project))
-    trials = optuna.load_study(study_name="grao-beta-lambda", storage=storage).trials
+    trials = optuna.load_study(study_name="tuning.grao", storage=storage).trials
     assert trials[killed].state == TrialState.FAIL
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 3
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
@@ -196,7 +196,7 @@ def two_workers_share_one_study(project: Path, storage: str) -> None:
     if storage.startswith("journal:"):
         storage = optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(storage[len("journal:"):]))
-    trials = optuna.load_study(study_name="grao-beta-lambda", storage=storage).trials
+    trials = optuna.load_study(study_name="tuning.grao", storage=storage).trials
     numbers = [t.number for t in trials]
     assert numbers == list(range(len(trials)))  # none lost, none duplicated
     assert all(t.state == TrialState.COMPLETE for t in trials)
@@ -256,7 +256,7 @@ def _proposals(storage, name: str, seed: int, n: int) -> list[dict]:
     cfg = tuning.TuningConfig(study_name=name, storage="sqlite:///unused.db", search_seed=seed)
     study = optuna.create_study(study_name=name, storage=storage, sampler=tuning.make_search(cfg),
                                 load_if_exists=True, direction="maximize")
-    study.optimize(lambda t: -sum(v for v in tuning.suggest(t, cfg.search_space).values()),
+    study.optimize(lambda t: -sum(v for v in tuning.suggest(t, cfg.space("grao")).values()),
                    n_trials=n)
     return [t.params for t in study.trials]
 
@@ -303,3 +303,126 @@ def test_the_tuning_objective_reads_only_the_validation_split(monkeypatch):
     assert isinstance(score, ValidationScore)
     score(None)
     assert seen == [f"validation {i}" for i in range(4)]
+
+
+def _tiny_sections(tmp_path) -> dict:
+    """Every parameters section grpo and sft_grpo read, from conf/base, cut to 2 steps."""
+    from grao_pipeline.alignment.methods import parameter_sections
+
+    sections = {}
+    for method in ("grpo", "sft_grpo"):
+        for section in parameter_sections(method):
+            base = yaml.safe_load((ROOT / f"conf/base/parameters_{section}.yml").read_text())[section]
+            sections[section] = {**base, **TINY_RUN.get(section, {}), "checkpoint_every": 0}
+    sections["sft_grpo"] = {"phase_steps": [1, 1], "learning_rate": None}
+    return sections
+
+
+def test_each_method_gets_a_study_of_its_own_with_the_same_search(tiny, rows, tmp_path, monkeypatch):
+    """Issue 34: one study per method (named <prefix>.<method>), each searching the shared
+    learning rate and the method's own knobs, with the same number of trials; a recipe's
+    split of steps is a list choice that Optuna stores as text and the trial decodes."""
+    import datasets
+
+    from grao_pipeline.alignment.config import EvalConfig, RewardConfig
+    from grao_pipeline.alignment.tuning import TuningConfig, ValidationScore, run_tuning
+
+    cfg = TuningConfig(
+        methods=["grpo", "sft_grpo"], study_name="p", storage=f"sqlite:///{tmp_path}/o.db",
+        steps=2, n_trials=2, pruner="none", eval_every=1, eval_prompts=2,
+        search_space={"learning_rate": {"low": 1e-5, "high": 1e-3, "log": True}},
+        method_search_space={"grpo": {"kl_coef": {"low": 0.0, "high": 0.1}},
+                             "sft_grpo": {"phase_steps": {"choices": [[1, 1]]}}})
+    rewards = RewardConfig(components={"relevance": {"weight": 1.0}, "positivity": {"weight": 0},
+                                       "profanity": {"weight": 0}, "reward_model": {"weight": 0}})
+    score = ValidationScore(datasets.Dataset.from_list(rows[:2]),
+                            EvalConfig(num_prompts=2, max_new_tokens=4, batch_size=2), rewards,
+                            "mean_reward")
+    trained = []
+    real_train = tuning.train_method
+
+    def spy(method, policy, rows, sections, reward, changes=None, callbacks=()):
+        trained.append((method, sections, changes))
+        return real_train(method, policy, rows, sections, reward, changes=changes, callbacks=callbacks)
+
+    monkeypatch.setattr(tuning, "train_method", spy)
+    sections = _tiny_sections(tmp_path)
+    studies = {m: run_tuning(cfg, m, tiny, rows, sections, score) for m in cfg.methods}
+    assert {m: s.study_name for m, s in studies.items()} == {"grpo": "p.grpo", "sft_grpo": "p.sft_grpo"}
+    for method, study in studies.items():
+        assert len(study.trials) == 2
+        assert set(study.trials[0].params) == {"learning_rate", *cfg.method_search_space[method]}
+    assert studies["sft_grpo"].trials[0].params["phase_steps"] == "[1, 1]"  # Optuna's text
+    recipe = [(s, c) for m, s, c in trained if m == "sft_grpo"]
+    own = recipe[0][0]["sft_grpo"]
+    assert own.phase_steps == [1, 1] and own.learning_rate == studies["sft_grpo"].trials[0].params["learning_rate"]
+    assert "steps" not in recipe[0][1]  # a recipe spends its split, not steps per phase
+    grpo = [s["grpo"] for m, s, _ in trained if m == "grpo"]
+    assert [g.kl_coef for g in grpo] == [t.params["kl_coef"] for t in studies["grpo"].trials]
+    # the sections the studies were given are untouched: the trial's values are its own
+    assert sections["grpo"]["learning_rate"] == TINY_RUN["grpo"]["learning_rate"]
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"methods": ["grao_no_imitation"], "search_space": {"learning_rate": {"low": 1e-5, "high": 1e-4}}},
+     "'grao_no_imitation' reads 'grao''s parameters section; tune 'grao'"),
+    ({"methods": ["sft_continued"]}, "'sft_continued' searches nothing"),
+    ({"methods": ["grao", "grao"]}, "needs at least one method, each once"),
+    ({"method_search_space": {"grao": {"lamda": {"low": 0.0, "high": 1.0}}}},
+     "TuningConfig.method_search_space.grao.lamda: 'grao' has no such setting; did you mean 'lam'?"),
+])
+def test_a_study_that_cannot_be_what_it_claims_is_refused(change, says):
+    from grao_pipeline.alignment.config import ConfigError
+    from grao_pipeline.alignment.tuning import TuningConfig
+
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        TuningConfig(**change)
+
+
+def test_a_recipe_split_that_does_not_add_up_to_the_study_steps_is_refused(tmp_path):
+    from grao_pipeline.alignment.config import ConfigError
+    from grao_pipeline.alignment.search import check_recipe_steps
+
+    sections = _tiny_sections(tmp_path)
+    check_recipe_steps("sft_grpo", sections, {}, 2)
+    with pytest.raises(ConfigError, match=re.escape("phase_steps [[1, 2]] do not add up to the "
+                                                    "study's steps = 2")):
+        check_recipe_steps("sft_grpo", sections, {"phase_steps": {"choices": [[1, 1], [1, 2]]}}, 2)
+
+
+def test_compare_runs_each_method_with_its_tuned_values(tmp_path):
+    """``compare.tuned``: every run (an ablation through its parent) reads the study's
+    best values over its section, and the budget check sees the tuned split."""
+    from grao_pipeline.alignment.compare import CompareConfig
+    from grao_pipeline.alignment.config import ConfigError
+    from grao_pipeline.alignment.search import tuned_sections
+    from grao_pipeline.pipelines.compare.pipeline import create_pipeline
+
+    methods = ["grao", "grao_no_imitation", "sft_grpo"]
+    tuned = create_pipeline(CompareConfig(methods=methods, seeds=[0], tuned=True))
+    untuned = create_pipeline(CompareConfig(methods=methods, seeds=[0]))
+    assert {"tuned_grao", "tuned_sft_grpo"} <= tuned.inputs()
+    assert not any(i.startswith("tuned_") for i in untuned.inputs())
+    for method, entry in (("grao", "tuned_grao"), ("grao_no_imitation", "tuned_grao"),
+                          ("sft_grpo", "tuned_sft_grpo")):
+        (run,) = tuned.only_nodes_with_namespaces([f"compare.{method}.seed_0"]).nodes
+        assert entry in run.inputs
+    (check,) = [n for n in tuned.nodes if n.name == "check_budgets"]
+    assert {"tuned_grao", "tuned_sft_grpo"} <= set(check.inputs)
+
+    sections = _tiny_sections(tmp_path)
+    sections["grao"] = yaml.safe_load((ROOT / "conf/base/parameters_grao.yml").read_text())["grao"]
+    set_ = tuned_sections("grao_no_imitation", sections, {"grao": {"learning_rate": 3e-4, "lam": 0.2}})
+    assert (set_["grao"].learning_rate, set_["grao"].lam) == (3e-4, 0.2)
+    assert set_["grpo"] is sections["grpo"]
+    with pytest.raises(ConfigError, match=re.escape("tuned settings for 'grao' set sections ['grpo']")):
+        tuned_sections("grao", sections, {"grpo": {"kl_coef": 0.1}})
+
+    # the budget check sees the tuned split of the recipe's steps, not the section's
+    base = {i: yaml.safe_load((ROOT / f"conf/base/parameters_{i[len('params:'):]}.yml").read_text())
+            [i[len("params:"):]] for i in check.inputs if i.startswith("params:")}
+    given = [base[i] for i in check.inputs if i.startswith("params:")]
+    steps = base["params:grao"]["steps"]
+    check.func(*given, {}, {"sft_grpo": {"phase_steps": [steps - 1, 1]}})
+    with pytest.raises(ValueError, match=re.escape("Set sft_grpo.phase_steps summing to")):
+        check.func(*given, {}, {"sft_grpo": {"phase_steps": [1, 1]}})

@@ -46,6 +46,10 @@ class CompareConfig:
     """The catalog model every run starts from and is compared against: ``sft_model``
     (the SFT warm start) or ``base_model`` (the untrained starting policy, e.g. for the
     verifiable task, where SFT on noisy demonstrations would differ between noise levels)."""
+    tuned: bool = False
+    """Run each method with its study's best values (``tuned_<section>`` in the catalog,
+    written by ``kedro run --pipelines tuning``) set over its parameters section; an
+    ablation reads its parent's. A method never tuned stops the run, naming the file."""
 
     def __post_init__(self) -> None:
         check_types(self)

@@ -37,8 +37,8 @@ def method_configs(name: str, sections: Mapping[str, Any], changes: Mapping[str,
     if missing:
         raise KeyError(f"method {name!r} needs parameters section(s) {missing}")
     recipe = get_method(name)
-    phase_steps = (recipe.config(sections[recipe.section]).phase_steps
-                   if recipe.phases and recipe.config_cls else None)
+    own = recipe.config(sections[recipe.section]) if recipe.phases and recipe.config_cls else None
+    phase_steps = own.phase_steps if own else None
     if phase_steps is not None and len(phase_steps) != len(specs):
         raise ConfigError(f"{recipe.section}.phase_steps = {phase_steps}: recipe {name!r} has "
                           f"{len(specs)} phases ({', '.join(s.name for s in specs)}), one step "
@@ -48,6 +48,8 @@ def method_configs(name: str, sections: Mapping[str, Any], changes: Mapping[str,
         cfg = spec.config(sections[spec.section])
         if phase_steps is not None:
             cfg = dataclasses.replace(cfg, steps=phase_steps[i])
+        if own is not None and own.learning_rate is not None:
+            cfg = dataclasses.replace(cfg, learning_rate=own.learning_rate)
         if len(specs) > 1 and cfg.checkpoint_dir is not None:
             cfg = dataclasses.replace(
                 cfg, checkpoint_dir=str(Path(cfg.checkpoint_dir).parent / f"{name}.{spec.name}"))

@@ -1,6 +1,7 @@
-"""Optuna studies of a method's hyperparameters (β and λ by default).
+"""Optuna studies of each method's hyperparameters (GRAO's β and λ by default; what a
+study searches is defined in ``search``).
 
-A trial trains the registered method from a copy of the SFT warm start for a short
+A trial trains the registered method from a copy of the start policy for a short
 budget and scores the policy on the **validation** split (never the test split), with
 greedy answers and the shared reward, exactly as evaluation scores the test split.
 Every ``eval_every`` steps the intermediate score goes to ``trial.report`` and the
@@ -22,15 +23,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import logging
 import os
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import datasets
 import numpy as np
@@ -50,139 +49,26 @@ from grao_pipeline.alignment.checkpoints import (
     weights_fingerprint,
 )
 from grao_pipeline.alignment.config import (
-    ConfigError,
     EvalConfig,
-    Range,
     RewardConfig,
-    check_types,
-    require,
 )
 from grao_pipeline.alignment.evaluation import answer_prompts, score_answers
-from grao_pipeline.alignment.methods import parameter_sections, registered_methods
+from grao_pipeline.alignment.methods import get_method
 from grao_pipeline.alignment.models import ModelAndTokenizer
 from grao_pipeline.alignment.rewards import CompositeReward
 from grao_pipeline.alignment.run import train_method
+from grao_pipeline.alignment.search import (
+    SensitivityConfig,
+    StudyConfig,
+    TuningConfig,
+    check_recipe_steps,
+    suggest,
+    with_values,
+)
 from grao_pipeline.alignment.studies import PerTrialSeed, bind_objective
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-@dataclass
-class StudyConfig:
-    """What every Optuna study here shares: the method, the objective, the storage and
-    the budget of one trial (see alignment/tuning.py)."""
-
-    method: str = "grao"
-    """Registered method each trial trains from the SFT warm start."""
-    objective: Literal["mean_reward", "ras"] = "mean_reward"
-    """Validation score maximised: mean reward, or RAS (win rate against y)."""
-    study_name: str = "grao-beta-lambda"
-    """Name of the study in the storage; reusing it resumes the study."""
-    storage: str = "sqlite:///data/09_tuning/optuna.db"
-    """``sqlite:///<path>`` (one process), ``journal:<path>`` (several processes on one
-    machine: JournalFileBackend), any SQLAlchemy URL such as
-    ``postgresql+psycopg://user@host/db`` (several machines), or ``env:<VAR>`` to read
-    the URL from an environment variable (keeps passwords out of conf/base)."""
-    steps: Annotated[int, Range(ge=1)] = 8
-    """Optimiser steps per trial (the trial's budget)."""
-    eval_prompts: Annotated[int, Range(ge=2)] = 24
-    """Validation prompts scored per evaluation (never the test split)."""
-    heartbeat_interval: Annotated[int, Range(ge=1)] = 10
-    """Seconds between a running trial's heartbeats (RDB storages only)."""
-    grace_period: int = 30
-    """A running trial with no heartbeat for this long is failed and retried."""
-    max_retry: Annotated[int, Range(ge=0)] = 2
-    """Retries of a trial whose worker died."""
-
-    def __post_init__(self) -> None:
-        check_types(self)
-        require(self.method in registered_methods(), self, "method",
-                f"must be a registered method: {', '.join(registered_methods())}")
-        require(bool(self.study_name), self, "study_name", "must be non-empty")
-        require(self.storage.startswith(("sqlite:///", "journal:", "env:")) or "://" in self.storage,
-                self, "storage", "must be sqlite:///<path>, journal:<path>, env:<VAR> or a "
-                "SQLAlchemy URL")
-        require(self.grace_period > self.heartbeat_interval, self, "grace_period",
-                "must exceed heartbeat_interval")
-
-
-@dataclass
-class TuningConfig(StudyConfig):
-    """``kedro run --pipelines tuning``: a resumable, prunable study of β and λ."""
-
-    search_space: dict[str, dict] = field(default_factory=lambda: {
-        "beta": {"low": 0.0, "high": 2.0, "log": False},
-        "lam": {"low": 0.0, "high": 1.5, "log": False}})
-    """Config field -> ``{low, high, log}`` (float; ``int: true`` for integers such as
-    ``num_generations``) or ``{choices: [...]}``. Any field of the method's config:
-    ``learning_rate``, ``num_generations``, ``temperature``..."""
-    search: Literal["tpe", "random"] = "tpe"
-    """How trials are proposed: TPE (Optuna's default sampler, seeded) or random search."""
-    search_seed: int = 0
-    """Seeds each trial's proposals with the study name and the trial number: one
-    worker's study is reproducible, and a resumed study or an extra worker never repeats
-    earlier proposals."""
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    """Stops trials whose intermediate validation score is poor."""
-    pruner_startup_trials: Annotated[int, Range(ge=0)] = 3
-    """MedianPruner: trials completed before any pruning."""
-    pruner_warmup_steps: Annotated[int, Range(ge=0)] = 0
-    """MedianPruner: steps of a trial before it can be pruned."""
-    eval_every: Annotated[int, Range(ge=1)] = 4
-    """Report an intermediate validation score to the pruner every k steps."""
-    n_trials: Annotated[int, Range(ge=1)] = 12
-    """Finished trials (complete or pruned) the study stops at, over all workers."""
-    timeout: float | None = None
-    """Seconds this worker may run before it stops starting trials; None = no limit."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name, space in self.search_space.items():
-            ok = isinstance(space, dict) and (
-                ("choices" in space and bool(space["choices"])) or
-                ({"low", "high"} <= set(space) and space["low"] < space["high"]))
-            if not ok:
-                raise ConfigError(f"TuningConfig.search_space.{name} = {space!r}: needs "
-                                  "{low, high (> low), log} or {choices: [...]}")
-            if space.get("log") and space.get("low", 1) <= 0:
-                raise ConfigError(f"TuningConfig.search_space.{name}: a log range needs low > 0")
-        require(bool(self.search_space), self, "search_space", "needs at least one parameter")
-        known = {f.name for cls in parameter_sections(self.method).values() for f in fields(cls)}
-        for name in self.search_space:
-            if name not in known:
-                close = difflib.get_close_matches(name, sorted(known), n=1)
-                raise ConfigError(f"TuningConfig.search_space.{name}: {self.method!r} has no such "
-                                  "setting" + (f"; did you mean {close[0]!r}?" if close else
-                                               f"; its settings are {', '.join(sorted(known))}"))
-        require(self.timeout is None or self.timeout > 0, self, "timeout", "must be > 0 or null")
-
-
-@dataclass
-class SensitivityConfig(StudyConfig):
-    """``kedro run --pipelines sensitivity``: a grid over β × λ, the centre cell
-    repeated over seeds so the map shows its own noise."""
-
-    study_name: str = "grao-sensitivity"
-    """Name of the grid study in the storage; reusing it resumes the grid."""
-    betas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0])
-    """β values of the grid (0 = the no-imitation ablation)."""
-    lams: list[float] = field(default_factory=lambda: [0.0, 0.3, 0.6, 1.2])
-    """λ values of the grid (0 = the no-regulariser ablation)."""
-    centre: dict[str, float] = field(default_factory=lambda: {"beta": 0.5, "lam": 0.6})
-    """The cell repeated over seeds (the paper's values)."""
-    centre_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    """Training seeds of the centre cell; every other cell runs the first seed."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(len(self.betas) >= 1 and len(self.lams) >= 1, self, "betas",
-                "betas and lams need a value each at least")
-        require(self.centre.get("beta") in self.betas and self.centre.get("lam") in self.lams,
-                self, "centre", "must be a cell of the grid")
-        require(len(set(self.centre_seeds)) >= 2, self, "centre_seeds",
-                "needs at least 2 distinct seeds to measure seed noise")
-
 
 
 def storage_url(setting: str) -> str:
@@ -222,21 +108,6 @@ def make_storage(cfg: StudyConfig) -> optuna.storages.BaseStorage:
             time.sleep(0.5 * (attempt + 1))
 
 
-def suggest(trial: optuna.Trial, search_space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The trial's values for each searched config field."""
-    values = {}
-    for name, space in search_space.items():
-        if "choices" in space:
-            values[name] = trial.suggest_categorical(name, list(space["choices"]))
-        elif space.get("int"):
-            values[name] = trial.suggest_int(name, int(space["low"]), int(space["high"]),
-                                             log=bool(space.get("log")))
-        else:
-            values[name] = trial.suggest_float(name, float(space["low"]), float(space["high"]),
-                                               log=bool(space.get("log")))
-    return values
-
-
 @dataclasses.dataclass
 class ValidationScore:
     """The objective: a policy's mean reward (or RAS) on the first ``eval_prompts``
@@ -256,53 +127,60 @@ class ValidationScore:
 
 def pruning_callback(trial: optuna.Trial, policy: ModelAndTokenizer, score: Callable,
                      every: int, last_step: int) -> Callable[[int, dict], None]:
-    """Trainer callback: every ``every`` steps (before the last), report the validation
-    score and raise ``TrialPruned`` when the pruner says so."""
+    """Trainer callback: every ``every`` optimiser steps (before the last), report the
+    validation score and raise ``TrialPruned`` when the pruner says so. Steps are counted
+    here, over every phase of a recipe (each phase numbers its own steps from 1)."""
+    done = 0
 
     def report(step: int, row: dict) -> None:
-        if step % every or step >= last_step:
+        nonlocal done
+        done += 1
+        if done % every or done >= last_step:
             return
         value = score(policy)
-        trial.report(value, step)
-        log.info("trial %d step %d: validation %.4f", trial.number, step, value)
+        trial.report(value, done)
+        log.info("trial %d step %d: validation %.4f", trial.number, done, value)
         if trial.should_prune():
-            raise optuna.TrialPruned(f"validation {value:.4f} at step {step}")
+            raise optuna.TrialPruned(f"validation {value:.4f} at step {done}")
 
     return report
 
 
-def trial_objective(cfg: StudyConfig, start_policy: ModelAndTokenizer, rows: list[dict],
-                    sections: Mapping[str, Any], score: ValidationScore,
+def trial_objective(cfg: StudyConfig, method: str, start_policy: ModelAndTokenizer,
+                    rows: list[dict], sections: Mapping[str, Any], score: ValidationScore,
                     space: Callable[[optuna.Trial], dict[str, Any]], eval_every: int | None
                     ) -> Callable[[optuna.Trial], float]:
-    """Optuna objective: train ``cfg.method`` from a fresh copy of the warm start with
-    the trial's values (``seed`` among them sets the training seed), return the score."""
+    """Optuna objective: train ``method`` from a fresh copy of the start policy with the
+    trial's values set in its own section (``seed`` among them sets the training seed),
+    for ``cfg.steps`` steps (a recipe: its ``phase_steps``, which add up to them), and
+    return the score."""
     reward = CompositeReward(score.rewards)
+    recipe = bool(get_method(method).phases)
 
     def objective(trial: optuna.Trial) -> float:
         values = space(trial)
         policy = ModelAndTokenizer(copy.deepcopy(start_policy.model), start_policy.tokenizer)
-        changes = {"steps": cfg.steps, "checkpoint_dir": None, "checkpoint_every": 0,
-                   "resume": False, "show_progress": False, **values}
+        changes = {"checkpoint_dir": None, "checkpoint_every": 0, "resume": False,
+                   "show_progress": False, **({} if recipe else {"steps": cfg.steps})}
         callbacks = ([pruning_callback(trial, policy, score, eval_every, cfg.steps)]
                      if eval_every else [])
-        _, history, _ = train_method(cfg.method, policy, rows, sections, reward, changes=changes,
-                                     callbacks=callbacks)
+        _, history, _ = train_method(method, policy, rows, with_values(method, sections, values),
+                                     reward, changes=changes, callbacks=callbacks)
         trial.set_user_attr("train_reward_last", history[-1].get("reward/mean"))
         return score(policy)
 
     return objective
 
 
-def objective_settings(cfg: StudyConfig, start_policy: ModelAndTokenizer, rows: list[dict],
-                       sections: Mapping[str, Any], score: ValidationScore,
+def objective_settings(cfg: StudyConfig, method: str, start_policy: ModelAndTokenizer,
+                       rows: list[dict], sections: Mapping[str, Any], score: ValidationScore,
                        searched: set[str]) -> dict[str, str]:
     """What a trial's value depends on besides its proposed values (``searched``): trials
     of one study are comparable only while these stay the same."""
     fixed = {name: {k: v for k, v in (dataclasses.asdict(c) if dataclasses.is_dataclass(c)
                                       else dict(c)).items() if k not in searched}
              for name, c in sections.items()}
-    return {"method": cfg.method, "objective": cfg.objective, "steps": str(cfg.steps),
+    return {"method": method, "objective": cfg.objective, "steps": str(cfg.steps),
             "eval_prompts": str(cfg.eval_prompts), "method parameters": value_fingerprint(fixed)[:16],
             "evaluation": value_fingerprint(score.evaluation)[:16],
             "rewards": value_fingerprint(score.rewards)[:16],
@@ -336,18 +214,21 @@ def make_search(cfg: TuningConfig) -> PerTrialSeed:
     return PerTrialSeed(lambda seed: kind(seed=seed), cfg.search_seed)
 
 
-def run_tuning(cfg: TuningConfig, start_policy: ModelAndTokenizer, rows: list[dict],
+def run_tuning(cfg: TuningConfig, method: str, start_policy: ModelAndTokenizer, rows: list[dict],
                sections: Mapping[str, Any], score: ValidationScore) -> optuna.Study:
-    """Add trials to the study until it has ``n_trials`` finished ones (over every
-    worker) or ``timeout`` passes; resumes whatever the storage already holds."""
-    settings = objective_settings(cfg, start_policy, rows, sections, score, set(cfg.search_space))
-    study = open_study(cfg, make_search(cfg), make_pruner(cfg), settings)
-    objective = trial_objective(cfg, start_policy, rows, sections, score,
-                                lambda t: suggest(t, cfg.search_space), cfg.eval_every)
+    """Add trials to ``method``'s study until it has ``n_trials`` finished ones (over
+    every worker) or ``timeout`` passes; resumes whatever the storage already holds."""
+    space = cfg.space(method)
+    check_recipe_steps(method, sections, space, cfg.steps)
+    named = dataclasses.replace(cfg, study_name=cfg.study(method))
+    settings = objective_settings(cfg, method, start_policy, rows, sections, score, set(space))
+    study = open_study(named, make_search(named), make_pruner(cfg), settings)
+    objective = trial_objective(cfg, method, start_policy, rows, sections, score,
+                                lambda t: suggest(t, space), cfg.eval_every)
     if _finished(study) < cfg.n_trials:
         study.optimize(objective, timeout=cfg.timeout, gc_after_trial=True,
                        callbacks=[optuna.study.MaxTrialsCallback(cfg.n_trials, states=FINISHED)])
-    log.info("study %s: %d finished trials", cfg.study_name, _finished(study))
+    log.info("study %s: %d finished trials", named.study_name, _finished(study))
     return study
 
 
@@ -358,12 +239,12 @@ def run_sensitivity(cfg: SensitivityConfig, start_policy: ModelAndTokenizer, row
     grid = {"beta": list(cfg.betas), "lam": list(cfg.lams), "seed": [cfg.centre_seeds[0]]}
     centre = {"beta": [cfg.centre["beta"]], "lam": [cfg.centre["lam"]], "seed": list(cfg.centre_seeds[1:])}
     studies = []
-    settings = objective_settings(cfg, start_policy, rows, sections, score, set(grid))
+    settings = objective_settings(cfg, cfg.method, start_policy, rows, sections, score, set(grid))
     for name, space in ((cfg.study_name, grid), (f"{cfg.study_name}-centre", centre)):
         study = open_study(dataclasses.replace(cfg, study_name=name),
                            optuna.samplers.GridSampler(space, seed=0), settings=settings)
         objective = trial_objective(
-            cfg, start_policy, rows, sections, score,
+            cfg, cfg.method, start_policy, rows, sections, score,
             lambda t, s=space: {k: t.suggest_categorical(k, v) for k, v in s.items()}, None)
         cells = int(np.prod([len(v) for v in space.values()]))
         if _finished(study) < cells:

@@ -24,10 +24,11 @@ from kedro.pipeline import Pipeline, node, pipeline
 from grao_pipeline.alignment.compare import CompareConfig
 from grao_pipeline.alignment.config import EvalConfig, RewardConfig
 from grao_pipeline.alignment.evaluation import answer_prompts
-from grao_pipeline.alignment.methods import parameter_sections
+from grao_pipeline.alignment.methods import get_method, parameter_sections
 from grao_pipeline.alignment.models import ModelAndTokenizer
+from grao_pipeline.alignment.search import tuned_sections
 from grao_pipeline.pipelines.sft.pipeline import export_base_pipeline
-from grao_pipeline.pipelines.training import method_inputs, typed_function
+from grao_pipeline.pipelines.training import method_inputs, sections_of, typed_function
 
 from .fingerprint import input_fingerprints, run_fingerprint
 from .nodes import rollout_budget, summarise_comparison, train_and_evaluate
@@ -39,18 +40,30 @@ def run_namespace(method: str, seed: int) -> str:
     return f"compare.{method}.seed_{seed}"
 
 
-def _budget_pipeline(methods: list[str]) -> Pipeline:
+def tuned_input(method: str) -> str:
+    """The catalog entry of the tuned values ``method`` runs with (``compare.tuned``)."""
+    return f"tuned_{get_method(method).section}"
+
+
+def _budget_pipeline(methods: list[str], tuned: bool) -> Pipeline:
+    """Budgets are checked on the settings the runs use: tuned ones where tuned (a
+    recipe's tuned split of steps among them)."""
     sections = {s: cls for m in methods for s, cls in parameter_sections(m).items()}
+    owners = {tuned_input(m): m for m in methods} if tuned else {}
 
     def check(*params):
-        return rollout_budget(methods, dict(zip(sections, params, strict=True)))
+        values = dict(zip(sections, params[:len(sections)], strict=True))
+        for method, best in zip(owners.values(), params[len(sections):], strict=True):
+            values = tuned_sections(method, values, best)
+        return rollout_budget(methods, values)
 
-    func = typed_function(check, "check_budgets", [(f"{s}_params", cls) for s, cls in sections.items()])
-    return pipeline([node(func, [f"params:{s}" for s in sections], "compare_budget",
+    func = typed_function(check, "check_budgets", [(f"{s}_params", cls) for s, cls in sections.items()]
+                          + [(name, dict) for name in owners])
+    return pipeline([node(func, [f"params:{s}" for s in sections] + list(owners), "compare_budget",
                           name="check_budgets")])
 
 
-def _run_pipeline(method: str, seed: int, start: str) -> Pipeline:
+def _run_pipeline(method: str, seed: int, start: str, tuned: bool) -> Pipeline:
     """One node per run: train, then evaluate at once, so a run's policy is freed before
     the next run trains (Kedro's runner would otherwise train every run first and hold
     every policy in memory until the evaluations)."""
@@ -59,6 +72,9 @@ def _run_pipeline(method: str, seed: int, start: str) -> Pipeline:
 
     def run(start_policy, train_set, budget, test_set, eval_params, start_answers, inputs,
             reward_params, *params):
+        if tuned:
+            *params, best = params
+            params = list(tuned_sections(method, sections_of(method, params), best).values())
         configs = {**{e: p for (_, e, _), p in zip(sections, params, strict=True)},
                    "params:rewards": reward_params, "params:evaluation": eval_params}
         made_of = run_fingerprint(method, seed, budget, configs, inputs)
@@ -71,14 +87,15 @@ def _run_pipeline(method: str, seed: int, start: str) -> Pipeline:
         ("start_policy", ModelAndTokenizer), ("train_set", datasets.Dataset), ("budget", int),
         ("test_set", datasets.Dataset), ("eval_params", EvalConfig),
         ("start_answers", pd.DataFrame), ("inputs", dict), ("reward_params", RewardConfig),
-        *[(arg, cls) for arg, _, cls in sections]])
+        *[(arg, cls) for arg, _, cls in sections], *([("tuned", dict)] if tuned else [])])
     template = pipeline([
         node(run_func, [start, "train_set", "compare_budget", "test_set", "params:evaluation",
                         "compare_start_answers", "compare_inputs", "params:rewards",
-                        *[e for _, e, _ in sections]],
+                        *[e for _, e, _ in sections], *([tuned_input(method)] if tuned else [])],
              ["fingerprint", "training_log", "scored"], name="train_and_evaluate"),
     ])
-    return pipeline(template, namespace=run_namespace(method, seed), inputs=SHARED | {start},
+    shared = SHARED | {start} | ({tuned_input(method)} if tuned else set())
+    return pipeline(template, namespace=run_namespace(method, seed), inputs=shared,
                     parameters={e for _, e, _ in sections} | {"params:evaluation", "params:rewards"})
 
 
@@ -105,5 +122,6 @@ def create_pipeline(settings: CompareConfig) -> Pipeline:
     ])
     if settings.start_policy == "base_model":  # the verifiable task: no SFT stage before it
         shared += export_base_pipeline()
-    return sum((_run_pipeline(m, s, settings.start_policy) for m, s in runs), _budget_pipeline(settings.methods) + shared)
+    return sum((_run_pipeline(m, s, settings.start_policy, settings.tuned) for m, s in runs),
+               _budget_pipeline(settings.methods, settings.tuned) + shared)
 

@@ -16,6 +16,7 @@ import pandas as pd
 from grao_pipeline.alignment.config import EvalConfig, RewardConfig
 from grao_pipeline.alignment.methods import get_method
 from grao_pipeline.alignment.models import ModelAndTokenizer
+from grao_pipeline.alignment.search import decoded
 from grao_pipeline.alignment.tuning import (
     SensitivityConfig,
     TuningConfig,
@@ -39,29 +40,32 @@ def _score(validation_set: datasets.Dataset, evaluation: EvalConfig, rewards: Re
                            rewards, objective)
 
 
-def tune(start_policy: ModelAndTokenizer, train_set: datasets.Dataset,
+def tune(method: str, start_policy: ModelAndTokenizer, train_set: datasets.Dataset,
          validation_set: datasets.Dataset, params: TuningConfig, evaluation: EvalConfig,
          reward_params: RewardConfig, method_params: list
          ) -> tuple[pd.DataFrame, dict, dict, plt.Figure, plt.Figure, plt.Figure, plt.Figure]:
-    """Run (or resume, or join as one more worker) the study; return its trials, the best
-    values as a config environment, a report and the four Optuna figures."""
+    """Run (or resume, or join as one more worker) ``method``'s study; return its trials,
+    the best values as that method's parameters section, a report and the four Optuna
+    figures."""
     score = _score(validation_set, evaluation, reward_params, params.objective, params.eval_prompts)
-    study = run_tuning(params, start_policy, train_set.to_list(), sections_of(params.method, method_params),
-                       score)
+    study = run_tuning(params, method, start_policy, train_set.to_list(),
+                       sections_of(method, method_params), score)
     trials = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration",
                                            "intermediate_values", "user_attrs", "system_attrs"))
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
-        raise ValueError(f"study {params.study_name!r} has no complete trial to report")
+        raise ValueError(f"study {study.study_name!r} has no complete trial to report")
     best = study.best_trial
-    section = get_method(params.method).section
-    tuned = {section: {k: v for k, v in best.params.items()}}
+    space = params.space(method)
+    best_values = decoded(best.params, space)
+    tuned = {get_method(method).section: best_values}
     states = trials["state"].value_counts().to_dict()
-    report = {"study": params.study_name, "objective": params.objective, "best_value": best.value,
-              "best_params": best.params, "best_trial": best.number, "trials": states,
+    report = {"study": study.study_name, "method": method, "objective": params.objective,
+              "best_value": best.value, "best_params": best_values, "best_trial": best.number,
+              "trials": states, "steps": params.steps, "eval_prompts": params.eval_prompts,
               "storage": params.storage.split("@")[-1]}
-    log.info("tuning: best %s = %.4f at %s", params.objective, best.value, best.params)
-    return (trials, tuned, report, *study_figures(study, list(params.search_space)))
+    log.info("tuning %s: best %s = %.4f at %s", method, params.objective, best.value, best_values)
+    return (trials, tuned, report, *study_figures(study, list(space)))
 
 
 def _number(value: float) -> float | None:
