@@ -48,6 +48,10 @@ RUN_BY = {
     "dvc pull": "tests.pipelines.test_dvc:test_a_killed_repro_resumes_and_push_pull_share_head_and_experiments",
     "git add dvc.lock && git commit -m \"run\"":
         "tests.pipelines.test_dvc:test_a_killed_repro_resumes_and_push_pull_share_head_and_experiments",
+    "kedro run --env verifiable --pipelines data_processing --params variant=v1":
+        "tests.pipelines.test_verifiable_env:test_the_protocol_tunes_each_method_on_v1_and_compare_runs_with_the_tuned_values",
+    "kedro run --env verifiable --pipelines tuning --params variant=v1":
+        "tests.pipelines.test_verifiable_env:test_the_protocol_tunes_each_method_on_v1_and_compare_runs_with_the_tuned_values",
     "torchrun --nproc_per_node 2 -m kedro run --pipelines grao":
         "tests.pipelines.test_kedro_run:test_kedro_run_under_torchrun_saves_once_from_rank_zero",
 }
@@ -73,6 +77,9 @@ NOT_RUN = {
     ".venv/bin/kedro run --env verifiable --pipelines data_processing,compare --params variant=v1":
         "a variant's full grid (~40 min); each variant's config, rows and reward are tested by "
         "tests/pipelines/test_config.py and tests/alignment/test_verifiable.py",
+    "kedro run --env verifiable --pipelines tuning --params variant=v1 --namespaces tuning.grpo":
+        "one of the six studies alone (Kedro's own --namespaces filter); the six are run by "
+        "test_verifiable_env.py",
     ".venv/bin/python benchmarks/verifiable_calibration.py --variant v4": "a benchmark (minutes), never a test",
     ".venv/bin/kedro run --env verifiable --pipelines data_processing,compare --params "
     "compare.methods=core,grao.steps=60,grpo.steps=60,sft_continued.steps=60":

@@ -4,7 +4,8 @@
 it would keep the runs trained with the old value and rebuild the table from them.
 Each (method, seed) run therefore writes ``fingerprint.json``: digests of every config
 it read (its method's sections, evaluation, rewards), the shared budget, and the
-fingerprints of its inputs (starting weights, training and test rows). ``StaleRuns``, a
+fingerprints of its inputs (starting weights, training and test rows); with
+``compare.tuned``, the configs hold the tuned values. ``StaleRuns``, a
 hook, compares them with the configuration in force before Kedro decides which nodes
 are missing, and removes the outputs of each run that differs, naming what changed, so
 that run is trained again.
@@ -27,8 +28,10 @@ from grao_pipeline.alignment.checkpoints import (
 )
 from grao_pipeline.alignment.compare import CompareConfig
 from grao_pipeline.alignment.config import EvalConfig, RewardConfig
+from grao_pipeline.alignment.methods import get_method
 from grao_pipeline.alignment.models import ModelAndTokenizer
 from grao_pipeline.alignment.run import reward_context
+from grao_pipeline.alignment.search import tuned_sections
 from grao_pipeline.hooks import active_parameters
 from grao_pipeline.pipelines.compare.nodes import rollout_budget
 from grao_pipeline.pipelines.training import method_inputs
@@ -64,11 +67,29 @@ def run_fingerprint(name: str, seed: int, budget: int, configs: dict[str, Any],
             **{entry: config_fingerprint(cfg) for entry, cfg in configs.items()}, **inputs}
 
 
-def run_configs(name: str, parameters: dict) -> dict[str, Any]:
-    """The configs run ``name`` reads, built from the parameters in force (every run's
-    answers are scored with the rewards, whether or not it trains on them)."""
+def tuned_input(method: str) -> str:
+    """The catalog entry of the tuned values ``method`` runs with (``compare.tuned``):
+    its own section's, so an ablation reads its parent's."""
+    return f"tuned_{get_method(method).section}"
+
+
+def budget_sections(methods: list[str], sections: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any]:
+    """The sections the budget check reads: each method's tuned values (``tuned``:
+    method -> its study's best values) over its own section."""
+    for method, best in tuned.items():
+        sections = tuned_sections(method, sections, best)
+    return sections
+
+
+def run_configs(name: str, parameters: dict, tuned: dict | None = None) -> dict[str, Any]:
+    """The configs run ``name`` reads, built from the parameters in force and, where the
+    comparison is tuned, its study's best values (every run's answers are scored with
+    the rewards, whether or not it trains on them)."""
     configs = {entry: cls(**parameters.get(entry[len("params:"):], {}))
                for _, entry, cls in method_inputs(name)}
+    if tuned is not None:
+        sections = tuned_sections(name, {e[len("params:"):]: c for e, c in configs.items()}, tuned)
+        configs = {f"params:{s}": c for s, c in sections.items()}
     return {**configs, "params:rewards": RewardConfig(**parameters.get("rewards", {})),
             "params:evaluation": EvalConfig(**parameters.get("evaluation", {}))}
 
@@ -92,13 +113,15 @@ class StaleRuns:
             return
         inputs = input_fingerprints(catalog.load(settings.start_policy), catalog.load("train_set"),
                                     catalog.load("test_set"))
+        tuned = ({m: catalog.load(tuned_input(m)) for m in settings.methods}
+                 if settings.tuned else {})
         sections = {e[len("params:"):]: c for m in settings.methods
                     for e, c in run_configs(m, parameters).items()}
-        budget = rollout_budget(settings.methods, sections)
+        budget = rollout_budget(settings.methods, budget_sections(settings.methods, sections, tuned))
         for ns, old in recorded.items():
             _, method, seed = ns.split(".")
             new = run_fingerprint(method, int(seed.removeprefix("seed_")), budget,
-                                  run_configs(method, parameters), inputs)
+                                  run_configs(method, parameters, tuned.get(method)), inputs)
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if not changed:
                 continue

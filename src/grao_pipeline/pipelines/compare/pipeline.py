@@ -24,13 +24,13 @@ from kedro.pipeline import Pipeline, node, pipeline
 from grao_pipeline.alignment.compare import CompareConfig
 from grao_pipeline.alignment.config import EvalConfig, RewardConfig
 from grao_pipeline.alignment.evaluation import answer_prompts
-from grao_pipeline.alignment.methods import get_method, parameter_sections
+from grao_pipeline.alignment.methods import parameter_sections
 from grao_pipeline.alignment.models import ModelAndTokenizer
 from grao_pipeline.alignment.search import tuned_sections
 from grao_pipeline.pipelines.sft.pipeline import export_base_pipeline
 from grao_pipeline.pipelines.training import method_inputs, sections_of, typed_function
 
-from .fingerprint import input_fingerprints, run_fingerprint
+from .fingerprint import budget_sections, input_fingerprints, run_fingerprint, tuned_input
 from .nodes import rollout_budget, summarise_comparison, train_and_evaluate
 
 SHARED = {"train_set", "test_set", "compare_budget", "compare_start_answers", "compare_inputs"}
@@ -38,11 +38,6 @@ SHARED = {"train_set", "test_set", "compare_budget", "compare_start_answers", "c
 
 def run_namespace(method: str, seed: int) -> str:
     return f"compare.{method}.seed_{seed}"
-
-
-def tuned_input(method: str) -> str:
-    """The catalog entry of the tuned values ``method`` runs with (``compare.tuned``)."""
-    return f"tuned_{get_method(method).section}"
 
 
 def _budget_pipeline(methods: list[str], tuned: bool) -> Pipeline:
@@ -53,9 +48,8 @@ def _budget_pipeline(methods: list[str], tuned: bool) -> Pipeline:
 
     def check(*params):
         values = dict(zip(sections, params[:len(sections)], strict=True))
-        for method, best in zip(owners.values(), params[len(sections):], strict=True):
-            values = tuned_sections(method, values, best)
-        return rollout_budget(methods, values)
+        tuned = dict(zip(owners.values(), params[len(sections):], strict=True))
+        return rollout_budget(methods, budget_sections(methods, values, tuned))
 
     func = typed_function(check, "check_budgets", [(f"{s}_params", cls) for s, cls in sections.items()]
                           + [(name, dict) for name in owners])
