@@ -87,8 +87,9 @@ def compare_reward_curves(logs: pd.DataFrame) -> plt.Figure:
     """Against generated samples, one line per method (mean over seeds, band spanning
     the seeds): the training reward (with a 1/0 verifiable reward, the accuracy of the
     samples), and the share of groups with no reward variance, which get no
-    group-relative gradient. Methods that generate nothing (SFT) have no line."""
-    fig, (ax_r, ax_z) = plt.subplots(1, 2, figsize=(13, 4.5))
+    group-relative gradient (methods that generate nothing, SFT, have no line there);
+    then the budget curves of every method."""
+    fig, (ax_r, ax_z, ax_v) = plt.subplots(1, 3, figsize=(19, 4.5))
     rollout = logs[logs["reward/mean"].notna()] if "reward/mean" in logs else logs.iloc[0:0]
     for ax, column in ((ax_r, "reward/mean"), (ax_z, "frac_reward_zero_std")):
         for name, df in rollout.groupby("method", sort=False):
@@ -106,8 +107,30 @@ def compare_reward_curves(logs: pd.DataFrame) -> plt.Figure:
     ax_z.set_ylabel("share of groups (rolling mean of 3 steps)")
     ax_z.set_title("groups with no reward variance (no gradient)")
     ax_z.set_ylim(0, 1)
+    budget_curves(ax_v, logs)
     fig.tight_layout()
     return fig
+
+
+def budget_curves(ax, logs: pd.DataFrame) -> None:
+    """Validation score against optimiser updates, every method (SFT included), mean
+    over seeds with the range over seeds: the budget curves (``compare.curve_every``)."""
+    if "heldout/reward" not in logs or logs["heldout/reward"].isna().all():
+        ax.text(0.5, 0.5, "budget curves off\n(compare.curve_every: 0)", ha="center", va="center")
+        ax.set_axis_off()
+        return
+    for name, df in logs.groupby("method", sort=False):
+        df = df.assign(spent=df.groupby("seed")["updates"].cumsum() if "updates" in df
+                       else df.groupby("seed").cumcount() + 1)
+        points = df[df["heldout/reward"].notna()]
+        curves = points.pivot_table(index="spent", columns="seed", values="heldout/reward")
+        line, = ax.plot(curves.index, curves.mean(axis=1), marker="o", label=name)
+        ax.fill_between(curves.index, curves.min(axis=1), curves.max(axis=1),
+                        color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("optimiser updates")
+    ax.set_ylabel("validation score (greedy)")
+    ax.set_title("budget curves (band: range over seeds)")
+    ax.legend(fontsize=8, ncol=2)
 
 
 def compare_grao_shares(logs: pd.DataFrame) -> plt.Figure:

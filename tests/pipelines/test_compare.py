@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -301,3 +302,20 @@ def test_methods_may_name_a_method_set():
         CompareConfig(methods="clean", method_sets=sets)
     with pytest.raises(ValueError, match=r"'grao': names a method, not a set\. Kedro's --params takes no lists"):
         CompareConfig(methods="grao", method_sets=sets)
+
+
+def test_the_budget_spent_to_reach_a_validation_score_is_read_from_the_step_log():
+    """updates_to_target / samples_to_target: the first curve point at or above the
+    target, with what the run had spent by then (updates, and demonstrations plus
+    generated samples, cumulated over the log's steps); NaN where it never got there."""
+    from grao_pipeline.pipelines.compare.nodes import to_target
+
+    log = pd.DataFrame({"updates": [1, 1, 1, 1], "samples": [4, 4, 4, 4], "demonstrations": [0, 0, 0, 0],
+                        "heldout/reward": [np.nan, 0.2, np.nan, 0.6]})
+    assert to_target(log, 0.5) == (4.0, 16.0)
+    assert to_target(log, 0.2) == (2.0, 8.0)
+    assert all(np.isnan(v) for v in to_target(log, 0.7))
+    sft_then_rl = pd.DataFrame({"updates": [1, 1, 1], "samples": [np.nan, np.nan, 4],
+                                "demonstrations": [2, 2, np.nan], "heldout/reward": [0.1, 0.5, 0.9]})
+    assert to_target(sft_then_rl, 0.5) == (2.0, 4.0)
+    assert to_target(sft_then_rl, 0.9) == (3.0, 8.0)

@@ -74,7 +74,8 @@ def test_the_protocol_tunes_each_method_on_v1_and_compare_runs_with_the_tuned_va
     assert tuned["sft_grpo"]["phase_steps"] == [1, 1]
     assert {"beta", "lam"} <= set(tuned["grao"]) and "kl_coef" in tuned["grpo"]
 
-    compare = {"methods": ["grao", "sft_grpo"], "seeds": [0], "tuned": True}
+    compare = {"methods": ["grao", "sft_grpo"], "seeds": [0], "tuned": True,
+               "curve_every": 1, "curve_prompts": 2}
     with KedroSession.create(project_path=project, env="verifiable",
                              runtime_params={**params, "compare": compare}) as session:
         session.run(pipeline_names=["compare"])
@@ -82,6 +83,11 @@ def test_the_protocol_tunes_each_method_on_v1_and_compare_runs_with_the_tuned_va
     for method in ("grao", "sft_grpo"):
         lr = logs[logs["method"] == method]["lr"]
         assert len(lr) == 2 and lr.eq(tuned[method]["learning_rate"]).all(), (method, list(lr))
+        # budget curves: a validation point after every step, SFT's phase included
+        assert logs[logs["method"] == method]["heldout/reward"].notna().all()
+    table = pd.read_csv(project / "data/verifiable/v1/08_reporting/compare_table.csv")
+    reached = table[table["metric"] == "reached_target"].set_index("method")["value"]
+    assert set(reached.index) == {"grao", "sft_grpo"} and reached.between(0, 1).all()
     scored = {m: project / f"data/verifiable/v1/07_model_output/compare/{m}/seed_0/scored.jsonl"
               for m in ("grao", "sft_grpo")}
     before = {m: p.stat().st_mtime_ns for m, p in scored.items()}

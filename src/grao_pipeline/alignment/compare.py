@@ -46,6 +46,19 @@ class CompareConfig:
     """The catalog model every run starts from and is compared against: ``sft_model``
     (the SFT warm start) or ``base_model`` (the untrained starting policy, e.g. for the
     verifiable task, where SFT on noisy demonstrations would differ between noise levels)."""
+    curve_every: Annotated[int, Range(ge=0)] = 0
+    """Budget curves: every ``curve_every`` optimiser steps of each run (each phase of a
+    recipe counts its own), greedy answers to the first ``curve_prompts`` validation
+    prompts scored with the training reward (accuracy on the verifiable task), in the
+    run's step log (``heldout/reward``). Each point costs about one evaluation of
+    ``curve_prompts`` prompts. 0: off."""
+    curve_prompts: Annotated[int, Range(ge=1)] = 64
+    """Validation prompts answered for each point of the budget curves (the same ones
+    for every run)."""
+    curve_target: Annotated[float, Range(gt=0)] = 0.5
+    """The table's ``updates_to_target`` and ``samples_to_target``: the optimiser updates,
+    and the demonstrations plus generated samples, a run spent before its budget curve
+    first reached this validation score (no value where it never did)."""
     tuned: bool = False
     """Run each method with its study's best values (``tuned_<section>`` in the catalog,
     written by ``kedro run --pipelines tuning``) set over its parameters section; an

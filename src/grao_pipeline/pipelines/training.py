@@ -9,7 +9,7 @@ method's config classes, so Kedro validates them before any node runs.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import datasets
 import pandas as pd
@@ -56,11 +56,13 @@ def sections_of(name: str, params: list) -> dict:
 
 def fit(name: str, start_policy: ModelAndTokenizer, train_set: datasets.Dataset, params: list,
         held_out: datasets.Dataset | None = None, eval_params: EvalConfig | None = None,
+        callbacks: Sequence[Callable[[int, dict], None]] = (),
         **train_args) -> tuple[ModelAndTokenizer, pd.DataFrame, str]:
     """Train ``start_policy`` in place with method ``name``; ``params`` in the order of
     ``method_inputs``. With ``eval_params.curve_every``, the over-optimisation curve is
-    measured on ``held_out`` as it trains. Returns the policy, its step log and the
-    title of its training curves (drawn only where saved: ~0.8 s a figure)."""
+    measured on ``held_out`` as it trains; ``callbacks`` run after it each step. Returns
+    the policy, its step log and the title of its training curves (drawn only where
+    saved: ~0.8 s a figure)."""
     sections = sections_of(name, params)
     reward = CompositeReward(params[-1]) if uses_reward(name) else None
     reward_cfg = params[-1] if uses_reward(name) else None
@@ -68,7 +70,7 @@ def fit(name: str, start_policy: ModelAndTokenizer, train_set: datasets.Dataset,
     curve = ([HeldOutCurve(start_policy, held_out.to_list(), eval_params, reward_cfg)]
              if reward_cfg is not None and eval_params is not None and eval_params.curve_every else [])
     policy, log, title = train_method(name, start_policy, train_set.to_list(), sections, reward,
-                                      context=context, callbacks=curve, **train_args)
+                                      context=context, callbacks=[*curve, *callbacks], **train_args)
     return policy, pd.DataFrame(log), title
 
 

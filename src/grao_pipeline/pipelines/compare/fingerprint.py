@@ -73,6 +73,15 @@ def tuned_input(method: str) -> str:
     return f"tuned_{get_method(method).section}"
 
 
+def curve_settings(settings: CompareConfig) -> dict[str, str]:
+    """What a run's budget curve was measured on: a change reruns the run, so every run
+    of a table has the same curve points (none, where curves are off)."""
+    if not settings.curve_every:
+        return {}
+    return {"budget curve": f"every {settings.curve_every} steps, the first "
+                            f"{settings.curve_prompts} validation prompts"}
+
+
 def budget_sections(methods: list[str], sections: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any]:
     """The sections the budget check reads: each method's tuned values (``tuned``:
     method -> its study's best values) over its own section."""
@@ -121,7 +130,8 @@ class StaleRuns:
         for ns, old in recorded.items():
             _, method, seed = ns.split(".")
             new = run_fingerprint(method, int(seed.removeprefix("seed_")), budget,
-                                  run_configs(method, parameters, tuned.get(method)), inputs)
+                                  run_configs(method, parameters, tuned.get(method)),
+                                  {**inputs, **curve_settings(settings)})
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if not changed:
                 continue

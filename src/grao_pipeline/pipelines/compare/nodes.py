@@ -18,7 +18,7 @@ import pandas as pd
 from grao_pipeline.alignment.compare import CompareConfig
 from grao_pipeline.alignment.config import EvalConfig, RewardConfig, TrainConfig
 from grao_pipeline.alignment.diagnostics import distinct_n, echoes, empties, repeats, same_answers
-from grao_pipeline.alignment.evaluation import answer_prompts, score_answers
+from grao_pipeline.alignment.evaluation import HeldOutCurve, answer_prompts, score_answers
 from grao_pipeline.alignment.methods import get_method, uses_reward
 from grao_pipeline.alignment.metrics import (
     length_matched,
@@ -115,15 +115,20 @@ def rollout_budget(methods: list[str], sections: dict[str, TrainConfig]) -> int:
 def train_and_evaluate(name: str, seed: int, start_policy: ModelAndTokenizer,
                        train_set: datasets.Dataset, budget: int, sections: list,
                        reward_params: RewardConfig, test_set: datasets.Dataset,
-                       params: EvalConfig, start_answers: pd.DataFrame
+                       params: EvalConfig, start_answers: pd.DataFrame,
+                       validation_set: datasets.Dataset | None = None, curve: EvalConfig | None = None
                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One (method, seed) run: train a copy of the starting policy, then answer and score
     the held-out prompts like the evaluation pipeline does (KL and verdicts against the
-    untouched starting policy). The step log gains ``method``, ``seed`` and the
-    cumulative ``generated_samples``."""
+    untouched starting policy). With ``curve`` (its ``curve_every`` and
+    ``curve_prompts``), the budget curve is measured on ``validation_set`` as it trains,
+    for every method alike (SFT included: it is scored with the reward it never trains
+    on). The step log gains ``method``, ``seed`` and the cumulative ``generated_samples``."""
     policy = ModelAndTokenizer(copy.deepcopy(start_policy.model), start_policy.tokenizer)
     params_in_order = sections + ([reward_params] if uses_reward(name) else [])
-    policy, steps, _ = fit(name, policy, train_set, params_in_order,
+    budget_curve = ([HeldOutCurve(policy, validation_set.to_list(), curve, reward_params)]
+                    if curve is not None else [])
+    policy, steps, _ = fit(name, policy, train_set, params_in_order, callbacks=budget_curve,
                            changes={"seed": seed, **NO_CHECKPOINTS}, budget=budget or None)
     samples = steps["samples"].fillna(0).cumsum() if "samples" in steps else 0
     answers = answer_prompts(policy, test_set, params, start_policy=start_policy)
@@ -213,7 +218,9 @@ def training_signal_rows(name: str, method_logs: pd.DataFrame, seeds: list, para
     the share of groups with no reward variance (no group-relative gradient); for
     methods with y in the group, the share of groups, and of steps, where Â_y < 0 (y
     is pushed away from); and GRAO's loss-term shares. Methods without a rollout
-    (SFT) have none of these."""
+    (SFT) have none of these. With budget curves (``compare.curve_every``), every
+    method: the updates and samples spent to reach ``curve_target`` (over the seeds
+    that reached it), the share of seeds that did, and the curve's last point."""
     by_seed = [method_logs[method_logs["seed"] == s] for s in seeds]
 
     def row(metric: str, values: list[float]) -> dict:
@@ -242,10 +249,31 @@ def training_signal_rows(name: str, method_logs: pd.DataFrame, seeds: list, para
     for term in ("exploration", "imitation", "regulariser"):
         if has(f"share/{term}"):
             rows.append(row(f"share_{term}", [d[f"share/{term}"].mean() for d in by_seed]))
+    if has("heldout/reward"):
+        spent = [to_target(d, params.curve_target) for d in by_seed]
+        rows.append(row("updates_to_target", [u for u, _ in spent]))
+        rows.append(row("samples_to_target", [n for _, n in spent]))
+        rows.append(row("reached_target", [float(not np.isnan(u)) for u, _ in spent]))
+        rows.append(row("curve_last", [float(d["heldout/reward"].dropna().iloc[-1]) for d in by_seed]))
     return rows
 
 
-NAN_MEANS = {"steps": "no gain", "ras": "none matched"}
+def to_target(log: pd.DataFrame, target: float) -> tuple[float, float]:
+    """A run's (optimiser updates, demonstrations + generated samples) spent when its
+    budget curve (``heldout/reward``) first reached ``target``; NaNs if it never did. The
+    log's rows are its steps in order (a recipe's phases one after the other)."""
+    spent = pd.DataFrame({
+        "updates": log["updates"].fillna(0).cumsum() if "updates" in log else np.arange(1, len(log) + 1),
+        "samples": sum(log[c].fillna(0) for c in ("samples", "demonstrations") if c in log).cumsum()
+        if {"samples", "demonstrations"} & set(log) else 0,
+        "score": log["heldout/reward"]}).dropna(subset=["score"])
+    reached = spent[spent["score"] >= target]
+    if reached.empty:
+        return float("nan"), float("nan")
+    return float(reached["updates"].iloc[0]), float(reached["samples"].iloc[0])
+
+
+NAN_MEANS = {"steps": "no gain", "ras": "none matched", "updates": "not reached", "samples": "not reached"}
 
 
 def markdown_table(table: pd.DataFrame, n_seeds: int, metrics: list[str] | None = None) -> str:
@@ -266,7 +294,8 @@ def markdown_table(table: pd.DataFrame, n_seeds: int, metrics: list[str] | None 
             "bootstrap intervals (seeds, then prompts); the metrics from training logs "
             "(steps-to-reward, zero-variance groups, Â_y < 0, loss-term shares) and distinct_2 "
             "(over each seed's answers) show the mean and the range over seeds (steps-to-reward: over the seeds whose training reward "
-            "rose; \"no gain\": none did); "
+            "rose; \"no gain\": none did; updates/samples_to_target: over the seeds whose "
+            "budget curve reached compare.curve_target; \"not reached\": none did); "
             "ras_length_controlled is RAS over the prompts whose answer is within ±20% (at least "
             "±3 tokens) of the reference's length; diff_vs_grao is GRAO's mean reward minus the "
             "method's, paired on the same seeds and prompts (above 0: GRAO better; a win or a "

@@ -17,6 +17,8 @@ after an interruption trains only the runs that had not finished (and, through
 
 from __future__ import annotations
 
+import dataclasses
+
 import datasets
 import pandas as pd
 from kedro.pipeline import Pipeline, node, pipeline
@@ -30,7 +32,13 @@ from grao_pipeline.alignment.search import tuned_sections
 from grao_pipeline.pipelines.sft.pipeline import export_base_pipeline
 from grao_pipeline.pipelines.training import method_inputs, sections_of, typed_function
 
-from .fingerprint import budget_sections, input_fingerprints, run_fingerprint, tuned_input
+from .fingerprint import (
+    budget_sections,
+    curve_settings,
+    input_fingerprints,
+    run_fingerprint,
+    tuned_input,
+)
 from .nodes import rollout_budget, summarise_comparison, train_and_evaluate
 
 SHARED = {"train_set", "test_set", "compare_budget", "compare_start_answers", "compare_inputs"}
@@ -57,38 +65,47 @@ def _budget_pipeline(methods: list[str], tuned: bool) -> Pipeline:
                           name="check_budgets")])
 
 
-def _run_pipeline(method: str, seed: int, start: str, tuned: bool) -> Pipeline:
+def _run_pipeline(method: str, seed: int, settings: CompareConfig) -> Pipeline:
     """One node per run: train, then evaluate at once, so a run's policy is freed before
     the next run trains (Kedro's runner would otherwise train every run first and hold
     every policy in memory until the evaluations)."""
     sections = [(arg, entry, cls) for arg, entry, cls in method_inputs(method)
                 if entry != "params:rewards"]
 
+    start, tuned, curves = settings.start_policy, settings.tuned, settings.curve_every > 0
+
     def run(start_policy, train_set, budget, test_set, eval_params, start_answers, inputs,
             reward_params, *params):
+        if curves:
+            validation_set, *params = params
         if tuned:
             *params, best = params
             params = list(tuned_sections(method, sections_of(method, params), best).values())
         configs = {**{e: p for (_, e, _), p in zip(sections, params, strict=True)},
                    "params:rewards": reward_params, "params:evaluation": eval_params}
-        made_of = run_fingerprint(method, seed, budget, configs, inputs)
+        made_of = run_fingerprint(method, seed, budget, configs, {**inputs, **curve_settings(settings)})
+        curve = (dataclasses.replace(eval_params, curve_every=settings.curve_every,
+                                     curve_prompts=settings.curve_prompts) if curves else None)
         # The fingerprint is saved first: a run with its scores always has it.
         return (made_of, *train_and_evaluate(method, seed, start_policy, train_set, budget,
                                              list(params), reward_params, test_set, eval_params,
-                                             start_answers))
+                                             start_answers, validation_set if curves else None, curve))
 
     run_func = typed_function(run, f"run_{method}", [
         ("start_policy", ModelAndTokenizer), ("train_set", datasets.Dataset), ("budget", int),
         ("test_set", datasets.Dataset), ("eval_params", EvalConfig),
         ("start_answers", pd.DataFrame), ("inputs", dict), ("reward_params", RewardConfig),
+        *([("validation_set", datasets.Dataset)] if curves else []),
         *[(arg, cls) for arg, _, cls in sections], *([("tuned", dict)] if tuned else [])])
     template = pipeline([
         node(run_func, [start, "train_set", "compare_budget", "test_set", "params:evaluation",
                         "compare_start_answers", "compare_inputs", "params:rewards",
+                        *(["validation_set"] if curves else []),
                         *[e for _, e, _ in sections], *([tuned_input(method)] if tuned else [])],
              ["fingerprint", "training_log", "scored"], name="train_and_evaluate"),
     ])
-    shared = SHARED | {start} | ({tuned_input(method)} if tuned else set())
+    shared = (SHARED | {start} | ({tuned_input(method)} if tuned else set())
+              | ({"validation_set"} if curves else set()))
     return pipeline(template, namespace=run_namespace(method, seed), inputs=shared,
                     parameters={e for _, e, _ in sections} | {"params:evaluation", "params:rewards"})
 
@@ -116,6 +133,6 @@ def create_pipeline(settings: CompareConfig) -> Pipeline:
     ])
     if settings.start_policy == "base_model":  # the verifiable task: no SFT stage before it
         shared += export_base_pipeline()
-    return sum((_run_pipeline(m, s, settings.start_policy, settings.tuned) for m, s in runs),
+    return sum((_run_pipeline(m, s, settings) for m, s in runs),
                _budget_pipeline(settings.methods, settings.tuned) + shared)
 
