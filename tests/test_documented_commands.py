@@ -36,18 +36,18 @@ RUN_BY = {
     "make tune-worker": "tests.pipelines.test_tuning:test_two_workers_share_a_journal_file_study",
     "kedro run --env tuned --pipelines grao":
         "tests.pipelines.test_tuning:test_three_trial_study_writes_its_outputs_and_the_tuned_env_round_trips",
-    "make repro": "tests.pipelines.test_dvc:test_repro_caches_and_reruns_only_what_changed",
+    "make repro": "tests.pipelines.test_dvc:test_a_killed_repro_resumes_caches_reruns_what_changed_and_shares_through_the_remote",
     ".venv/bin/dvc exp run -S conf/base/parameters_grao.yml:grao.beta=0.3":
-        "tests.pipelines.test_dvc:test_repro_caches_and_reruns_only_what_changed",
+        "tests.pipelines.test_dvc:test_a_killed_repro_resumes_caches_reruns_what_changed_and_shares_through_the_remote",
     "dvc exp run -S conf/base/parameters_grao.yml:grao.beta=0.3":
-        "tests.pipelines.test_dvc:test_repro_caches_and_reruns_only_what_changed",
-    ".venv/bin/dvc metrics diff": "tests.pipelines.test_dvc:test_repro_caches_and_reruns_only_what_changed",
-    "dvc metrics diff": "tests.pipelines.test_dvc:test_repro_caches_and_reruns_only_what_changed",
-    "dvc exp show": "tests.pipelines.test_dvc:test_repro_caches_and_reruns_only_what_changed",
-    "dvc push": "tests.pipelines.test_dvc:test_a_killed_repro_resumes_and_push_pull_share_head_and_experiments",
-    "dvc pull": "tests.pipelines.test_dvc:test_a_killed_repro_resumes_and_push_pull_share_head_and_experiments",
+        "tests.pipelines.test_dvc:test_a_killed_repro_resumes_caches_reruns_what_changed_and_shares_through_the_remote",
+    ".venv/bin/dvc metrics diff": "tests.pipelines.test_dvc:test_a_killed_repro_resumes_caches_reruns_what_changed_and_shares_through_the_remote",
+    "dvc metrics diff": "tests.pipelines.test_dvc:test_a_killed_repro_resumes_caches_reruns_what_changed_and_shares_through_the_remote",
+    "dvc exp show": "tests.pipelines.test_dvc:test_a_killed_repro_resumes_caches_reruns_what_changed_and_shares_through_the_remote",
+    "dvc push": "tests.pipelines.test_dvc:test_a_killed_repro_resumes_caches_reruns_what_changed_and_shares_through_the_remote",
+    "dvc pull": "tests.pipelines.test_dvc:test_a_killed_repro_resumes_caches_reruns_what_changed_and_shares_through_the_remote",
     "git add dvc.lock && git commit -m \"run\"":
-        "tests.pipelines.test_dvc:test_a_killed_repro_resumes_and_push_pull_share_head_and_experiments",
+        "tests.pipelines.test_dvc:test_a_killed_repro_resumes_caches_reruns_what_changed_and_shares_through_the_remote",
     "kedro run --env verifiable --pipelines data_processing --params variant=v1":
         "tests.pipelines.test_verifiable_env:test_the_protocol_tunes_each_method_on_v1_and_compare_runs_with_the_tuned_values",
     "kedro run --env verifiable --pipelines tuning --params variant=v1":

@@ -82,9 +82,37 @@ def repo(tmp_path, tiny):
 
 
 @pytest.mark.slow
-def test_repro_caches_and_reruns_only_what_changed(repo):
+def test_a_killed_repro_resumes_caches_reruns_what_changed_and_shares_through_the_remote(repo, tmp_path):
+    """The DVC life cycle on one repo, so that its stages run once (issue 33: the two
+    tests this was before ran data, reward models and SFT twice): a `dvc repro` killed
+    mid-GRAO resumes from its checkpoint without rerunning the finished stages; a rerun
+    skips every stage; conf/local counts as a change; HEAD's outputs and then an
+    experiment's reach a fresh clone through the committed remote; `dvc exp run -S`
+    reruns exactly the stages downstream of the changed parameter."""
     stages = {"data_processing", "reward_models", "sft", "grao", "evaluation"}
-    assert ran(sh(repo, "dvc", "repro")) == stages
+    set_params(repo, "parameters_grao.yml", {"steps": 8, "checkpoint_every": 2})
+    sh(repo, "git", "commit", "-qam", "8 grao steps")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "COLUMNS": "400"}
+    killed_log = tmp_path / "killed.log"
+    with killed_log.open("w") as out:
+        first = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, start_new_session=True,
+                                 stdout=out, stderr=subprocess.STDOUT)
+        checkpoint = repo / "data/06_models/checkpoints/grao/step-000004"
+        deadline = time.time() + 600
+        while not checkpoint.exists():
+            assert first.poll() is None and time.time() < deadline, "dvc repro ended before the kill"
+            time.sleep(0.02)
+        os.killpg(first.pid, signal.SIGKILL)  # dvc and the kedro run under it
+        first.wait()
+    assert ran(killed_log.read_text()) == stages - {"evaluation"}
+    assert not (repo / "data/06_models/grao").exists()
+
+    out = sh(repo, "dvc", "repro")
+    assert re.search(r"grao: resumed from \S*step-00000[4-7]", out)
+    assert ran(out) == {"grao", "evaluation"}, "the stages finished before the kill ran again"
+    steps = [int(row["step"]) for row in csv.DictReader(
+        (repo / "data/08_reporting/grao_training_log.csv").open())]
+    assert steps == list(range(1, 9))
     assert (repo / "data/06_models/grao/model.safetensors").is_file()
 
     second = sh(repo, "dvc", "repro")
@@ -99,51 +127,9 @@ def test_repro_caches_and_reruns_only_what_changed(repo):
     local.unlink()
     assert "up to date" in sh(repo, "dvc", "status")
 
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "first run")
-    before = json.loads((repo / "data/08_reporting/evaluation_metrics.json").read_text())
-    # -S writes the parameter into conf/base/parameters_grao.yml, then reproduces: a
-    # changed parameters file reruns exactly the stages downstream of it
-    exp = sh(repo, "dvc", "exp", "run", "-S", "conf/base/parameters_grao.yml:grao.lam=0.0")
-    assert ran(exp) == {"grao", "evaluation"}
-    after = json.loads((repo / "data/08_reporting/evaluation_metrics.json").read_text())
-    assert after["grao"] != before["grao"]
-
-    diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json"))
-    changed = diff["data/08_reporting/evaluation_metrics.json"]
-    assert any(key.startswith("grao.") for key in changed)
-    assert not any(key.startswith("base.") for key in changed)
-    shown = list(csv.DictReader(io.StringIO(sh(repo, "dvc", "exp", "show", "--no-pager", "--csv"))))
-    (lam_column,) = [c for c in shown[0] if c.endswith("grao.lam")]
-    assert sorted({float(r[lam_column]) for r in shown if r[lam_column]}) == [0.0, 0.6]
-
-
-@pytest.mark.slow
-def test_a_killed_repro_resumes_and_push_pull_share_head_and_experiments(repo, tmp_path):
-    set_params(repo, "parameters_grao.yml", {"steps": 8, "checkpoint_every": 2})
-    sh(repo, "git", "commit", "-qam", "8 grao steps")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    first = subprocess.Popen(["dvc", "repro", "grao"], cwd=repo, env=env, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = repo / "data/06_models/checkpoints/grao/step-000004"
-    deadline = time.time() + 600
-    while not checkpoint.exists():
-        assert first.poll() is None and time.time() < deadline, "dvc repro ended before the kill"
-        time.sleep(0.02)
-    os.killpg(first.pid, signal.SIGKILL)  # dvc and the kedro run under it
-    first.wait()
-    assert not (repo / "data/06_models/grao").exists()
-
-    out = sh(repo, "dvc", "repro")
-    assert re.search(r"grao: resumed from \S*step-00000[4-7]", out)
-    steps = [int(row["step"]) for row in csv.DictReader(
-        (repo / "data/08_reporting/grao_training_log.csv").open())]
-    assert steps == list(range(1, 9))
-    assert "up to date" in sh(repo, "dvc", "status")
-
     # HEAD's outputs, checkpoints included, reach a fresh clone through the committed remote
     sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "run")
+    sh(repo, "git", "commit", "-qm", "first run")
     sh(repo, "dvc", "push")
     clone = tmp_path / "clone"
     sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
@@ -154,8 +140,22 @@ def test_a_killed_repro_resumes_and_push_pull_share_head_and_experiments(repo, t
     assert "up to date" in sh(clone, "dvc", "status")
     assert (clone / "data/06_models/checkpoints/grao/step-000008/trainer_state.json").is_file()
 
-    # an experiment is applied and committed through DVC's own commands, then shared
-    sh(repo, "dvc", "exp", "run", "-n", "lam0", "-S", "conf/base/parameters_grao.yml:grao.lam=0.0")
+    before = json.loads((repo / "data/08_reporting/evaluation_metrics.json").read_text())
+    # -S writes the parameter into conf/base/parameters_grao.yml, then reproduces: a
+    # changed parameters file reruns exactly the stages downstream of it
+    exp = sh(repo, "dvc", "exp", "run", "-n", "lam0", "-S", "conf/base/parameters_grao.yml:grao.lam=0.0")
+    assert ran(exp) == {"grao", "evaluation"}
+    after = json.loads((repo / "data/08_reporting/evaluation_metrics.json").read_text())
+    assert after["grao"] != before["grao"]
+    diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json"))
+    changed = diff["data/08_reporting/evaluation_metrics.json"]
+    assert any(key.startswith("grao.") for key in changed)
+    assert not any(key.startswith("base.") for key in changed)
+    shown = list(csv.DictReader(io.StringIO(sh(repo, "dvc", "exp", "show", "--no-pager", "--csv"))))
+    (lam_column,) = [c for c in shown[0] if c.endswith("grao.lam")]
+    assert sorted({float(r[lam_column]) for r in shown if r[lam_column]}) == [0.0, 0.6]
+
+    # the experiment is applied and committed through DVC's own commands, then shared
     sh(repo, "git", "reset", "-q", "--hard")
     sh(repo, "dvc", "checkout", "-q")
     sh(repo, "dvc", "exp", "apply", "lam0")
@@ -167,6 +167,7 @@ def test_a_killed_repro_resumes_and_push_pull_share_head_and_experiments(repo, t
     assert "up to date" in sh(clone, "dvc", "status")
     pulled = json.loads((clone / "data/08_reporting/evaluation_metrics.json").read_text())
     assert pulled == json.loads((repo / "data/08_reporting/evaluation_metrics.json").read_text())
+    assert pulled == after
 
 
 @pytest.mark.parametrize("stage, module", [("sft", "grao_pipeline.pipelines.sft"),
