@@ -81,8 +81,10 @@ def rollout_budget(methods: list[str], sections: dict[str, TrainConfig]) -> int:
         differ = [f"{f}: {anchor_spec.name} {getattr(anchor, f)} vs {spec.name} {getattr(cfg, f)}"
                   for f in shared if getattr(anchor, f) != getattr(cfg, f)]
         if differ:
-            raise ValueError(f"{spec.name} and {anchor_spec.name} must share their rollout "
-                             f"settings for a fair comparison; they differ in {'; '.join(differ)}")
+            what = "tokens, weight decay, clipping" + (" and rollout" if spec.on_policy and on_policy else "")
+            raise ValueError(f"{spec.name} and {anchor_spec.name} must share their {what} for a fair "
+                             f"comparison; they differ in {'; '.join(differ)}. Set {spec.section}'s "
+                             f"to {anchor_spec.name}'s")
 
     def shape(name: str) -> tuple[list[int], int]:
         return ([getattr(cfg, cfg.batch_field) for _, cfg in phases[name]],
