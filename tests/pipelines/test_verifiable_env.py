@@ -62,6 +62,15 @@ def test_the_protocol_tunes_each_method_on_v1_and_compare_runs_with_the_tuned_va
               "evaluation": {**TINY_RUN["evaluation"], "num_prompts": 2},
               "tuning": {"steps": 2, "n_trials": 1, "eval_every": 1, "eval_prompts": 2, "pruner": "none",
                          "method_search_space": {"sft_grpo": {"phase_steps": {"choices": [[1, 1]]}}}}}
+    compare = {"methods": ["grao", "sft_grpo"], "seeds": [0], "tuned": True,
+               "curve_every": 1, "curve_prompts": 2}
+    with KedroSession.create(project_path=project, env="verifiable", runtime_params=params) as session:
+        session.run(pipeline_names=["data_processing"])
+    with pytest.raises(FileNotFoundError, match=r"compare.tuned is true, but no study has written "
+                                                r"tuned_grao, tuned_sft_grpo .*tuned_verifiable/v1/"):
+        with KedroSession.create(project_path=project, env="verifiable",
+                                 runtime_params={**params, "compare": compare}) as session:
+            session.run(pipeline_names=["compare"])
     with KedroSession.create(project_path=project, env="verifiable", runtime_params=params) as session:
         session.run(pipeline_names=["data_processing", "tuning"])
     tuned = {}
@@ -74,8 +83,6 @@ def test_the_protocol_tunes_each_method_on_v1_and_compare_runs_with_the_tuned_va
     assert tuned["sft_grpo"]["phase_steps"] == [1, 1]
     assert {"beta", "lam"} <= set(tuned["grao"]) and "kl_coef" in tuned["grpo"]
 
-    compare = {"methods": ["grao", "sft_grpo"], "seeds": [0], "tuned": True,
-               "curve_every": 1, "curve_prompts": 2}
     with KedroSession.create(project_path=project, env="verifiable",
                              runtime_params={**params, "compare": compare}) as session:
         session.run(pipeline_names=["compare"])

@@ -115,9 +115,17 @@ class StaleRuns:
                        if n.namespace and n.namespace.startswith("compare.")})
         if parameters is None or not runs:
             return
+        settings = CompareConfig(**parameters.get("compare", {}))
+        untuned = sorted({tuned_input(m) for m in settings.methods} - {
+            name for name in (tuned_input(m) for m in settings.methods) if catalog.exists(name)})
+        if settings.tuned and untuned:
+            raise FileNotFoundError(
+                f"compare.tuned is true, but no study has written {', '.join(untuned)} "
+                f"({', '.join(str(_path(catalog, n)) for n in untuned)}). Run `kedro run "
+                "--pipelines tuning` for those methods first (the verifiable env: with "
+                "--params variant=<tuned_on>), or set compare.tuned: false")
         recorded = {ns: catalog.load(f"{ns}.fingerprint") for ns in runs
                     if catalog.exists(f"{ns}.fingerprint")}
-        settings = CompareConfig(**parameters.get("compare", {}))
         if not recorded or not all(catalog.exists(n) for n in (settings.start_policy, "train_set", "test_set")):
             return
         inputs = input_fingerprints(catalog.load(settings.start_policy), catalog.load("train_set"),
