@@ -222,13 +222,17 @@ def decoded(params: Mapping[str, Any], search_space: Mapping[str, Mapping[str, A
             else value for name, value in params.items()}
 
 
+def _own(method: str, sections: Mapping[str, Any]) -> Any:
+    """``method``'s own section as its config (given as a mapping or already validated)."""
+    spec = get_method(method)
+    own = sections[spec.section]
+    return spec.config_cls(**own) if isinstance(own, Mapping) else own
+
+
 def with_values(method: str, sections: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
     """``sections`` with ``values`` set in ``method``'s own section (a recipe's: its
     ``RecipeConfig``, whose learning rate and split reach every phase)."""
-    spec = get_method(method)
-    own = sections[spec.section]
-    own = spec.config_cls(**own) if isinstance(own, Mapping) else own
-    return {**sections, spec.section: dataclasses.replace(own, **values)}
+    return {**sections, get_method(method).section: dataclasses.replace(_own(method, sections), **values)}
 
 
 def tuned_sections(method: str, sections: Mapping[str, Any], tuned: Mapping[str, Any]) -> dict[str, Any]:
@@ -251,9 +255,8 @@ def check_recipe_steps(method: str, sections: Mapping[str, Any], space: Mapping[
     spec = get_method(method)
     if not spec.phases:
         return
-    own = sections[spec.section]
-    own = spec.config_cls(**own) if isinstance(own, Mapping) else own
-    splits = space["phase_steps"]["choices"] if "phase_steps" in space else [own.phase_steps]
+    splits = (space["phase_steps"]["choices"] if "phase_steps" in space
+              else [_own(method, sections).phase_steps])
     wrong = [split for split in splits if split is None or sum(split) != steps]
     if wrong:
         raise ConfigError(f"tuning {method!r}: phase_steps {wrong} do not add up to the study's "
