@@ -293,6 +293,8 @@ def test_the_markdown_table_names_an_unknown_metric():
     assert "| grao | 0.500 [0.400, 0.600] |" in markdown_table(table, 1, ["ras"])
     with pytest.raises(ValueError, match=r"table_metrics names \['accuracy'\]"):
         markdown_table(table, 1, ["accuracy"])
+    # a metric this comparison cannot have (no GRAO to differ from): a dash, not a failure
+    assert "| grao | 0.500 [0.400, 0.600] | – |" in markdown_table(table, 1, ["ras", "diff_vs_grao"])
 
 
 def test_methods_may_name_a_method_set():

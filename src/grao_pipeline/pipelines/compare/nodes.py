@@ -275,6 +275,14 @@ def to_target(log: pd.DataFrame, target: float) -> tuple[float, float]:
     return float(reached["updates"].iloc[0]), float(reached["samples"].iloc[0])
 
 
+# Metrics only some comparisons have: GRAO's differences need GRAO compared, the rollout
+# signals an on-policy method, the budget metrics compare.curve_every. A table asked for
+# one its comparison lacks shows "–" there, rather than failing a one-method comparison.
+CONDITIONAL_METRICS = ("diff_vs_grao", "gold_reward", "zero_variance_groups",
+                       "reference_advantage_negative_groups", "reference_advantage_negative_steps",
+                       "share_exploration", "share_imitation", "share_regulariser",
+                       "updates_to_target", "samples_to_target", "reached_target", "curve_last")
+
 NAN_MEANS = {"steps": "no gain", "ras": "none matched", "updates": "not reached", "samples": "not reached"}
 
 
@@ -282,7 +290,8 @@ def markdown_table(table: pd.DataFrame, n_seeds: int, metrics: list[str] | None 
     """One row per method, "value [low, high]" per metric (``metrics``: which, in which
     order; default all)."""
     known = list(dict.fromkeys(table["metric"]))
-    unknown = [m for m in metrics or [] if m not in known]
+    unknown = [m for m in metrics or [] if m not in known and m not in CONDITIONAL_METRICS
+               and not m.startswith("steps_to_")]
     if unknown:
         raise ValueError(f"compare.table_metrics names {unknown}, which no compared method "
                          f"has; the metrics of this comparison are {known}")
