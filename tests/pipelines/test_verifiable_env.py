@@ -2,6 +2,7 @@
 grpo_sft, graded by the `answer` column."""
 
 import json
+import shutil
 
 import datasets
 import pandas as pd
@@ -56,6 +57,7 @@ def test_the_protocol_tunes_each_method_on_v1_and_compare_runs_with_the_tuned_va
     both phases), and a rerun finds nothing stale."""
     with (project / "conf/verifiable/catalog.yml").open("a") as f:
         f.write((project / "conf/local/catalog.yml").read_text())
+    shutil.rmtree(project / "conf/tuned_verifiable", ignore_errors=True)  # the repo's own studies
     rollout = {**TINY_ROLLOUT, "checkpoint_every": 0}
     params = {**TINY_RUN, "variant": "v1", "grao": rollout, "grpo": rollout, "luffy": rollout,
               "grpo_sft": rollout, "sft_continued": {**TINY_RUN["sft_continued"], "batch_size": 2},
