@@ -136,8 +136,9 @@ def ci_workflow(where: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", nargs="+", choices=["kedro_run", "compare", "tuning"],
-                        default=["kedro_run", "compare", "tuning"])
+    parser.add_argument("--only", nargs="*", choices=["kedro_run", "compare", "tuning"],
+                        default=["kedro_run", "compare", "tuning"],
+                        help="the workflows to time; none (`--only --ci`) times CI alone")
     parser.add_argument("--ci", action="store_true", help="also time a fresh-clone .ci/run (~10-20 min)")
     args = parser.parse_args()
     from step_time import measure_peaks
