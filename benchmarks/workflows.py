@@ -124,7 +124,10 @@ def ci_workflow(where: Path) -> dict:
     clone = where / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     (clone / ".venv").symlink_to(ROOT / ".venv")
-    (clone / ".venv/.installed").touch(exist_ok=True)
+    # The Makefile's install marker, newer than the clone's requirements: otherwise `make`
+    # reinstalls, and `pip install -e .` re-points this checkout's venv at the clone
+    # (which the run then deletes: `import grao_pipeline` fails here afterwards).
+    (clone / ".venv/bin/.installed").touch(exist_ok=True)
     start = time.perf_counter()
     done = subprocess.run(["bash", ".ci/run"], cwd=clone, env={**ENV, "CI": "true"},
                           capture_output=True, text=True)
