@@ -116,9 +116,9 @@ class StaleRuns:
         if parameters is None or not runs:
             return
         settings = CompareConfig(**parameters.get("compare", {}))
-        untuned = sorted({tuned_input(m) for m in settings.methods} - {
-            name for name in (tuned_input(m) for m in settings.methods) if catalog.exists(name)})
-        if settings.tuned and untuned:
+        untuned = (sorted(n for n in {tuned_input(m) for m in settings.methods} if not catalog.exists(n))
+                   if settings.tuned else [])
+        if untuned:
             raise FileNotFoundError(
                 f"compare.tuned is true, but no study has written {', '.join(untuned)} "
                 f"({', '.join(str(_path(catalog, n)) for n in untuned)}). Run `kedro run "

@@ -266,8 +266,7 @@ def to_target(log: pd.DataFrame, target: float) -> tuple[float, float]:
     log's rows are its steps in order (a recipe's phases one after the other)."""
     spent = pd.DataFrame({
         "updates": log["updates"].fillna(0).cumsum() if "updates" in log else np.arange(1, len(log) + 1),
-        "samples": sum(log[c].fillna(0) for c in ("samples", "demonstrations") if c in log).cumsum()
-        if {"samples", "demonstrations"} & set(log) else 0,
+        "samples": log.reindex(columns=["samples", "demonstrations"]).fillna(0).sum(axis=1).cumsum(),
         "score": log["heldout/reward"]}).dropna(subset=["score"])
     reached = spent[spent["score"] >= target]
     if reached.empty:
